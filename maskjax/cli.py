@@ -1,0 +1,36 @@
+"""The ``maskjax`` console script: ``maskjax train ...`` and ``maskjax convert-images ...``."""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: maskjax <command> [options]
+
+commands:
+  train            pre-train from a config (maskjax train --config configs/mae/default.py)
+  convert-images   convert an ImageFolder directory or tar into ArrayRecord shards
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatches to a subcommand."""
+    argv = list(sys.argv if argv is None else argv)
+    if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if len(argv) >= 2 else 2
+    command, rest = argv[1], argv[2:]
+    if command == "train":
+        from maskjax.train.cli import run
+
+        run([f"{argv[0]} train"] + rest)
+        return 0
+    if command == "convert-images":
+        from maskjax.data.convert import main as convert_main
+
+        return convert_main(rest)
+    print(f"maskjax: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""The config schema every recipe fills in, and the ``file.py:arg`` loader.
+
+Recipes under ``configs/`` start from :func:`base_config` and override fields; the config is
+locked, so a typo in an override (``--config.optim.lrr``) fails with "did you mean" instead of
+being silently ignored.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+
+from maskjax.train.sharding import DEFAULT_RULES
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Defaults shared by all methods (MAE pre-training values where a choice is needed)."""
+    c = ml_collections.ConfigDict()
+    c.method = "mae"
+    c.seed = 0
+    c.compute_dtype = "float32"   # "bfloat16": bf16 compute, float32 parameters
+    c.remat = False               # rematerialise each transformer block in the backward pass
+
+    c.model = ml_collections.ConfigDict(dict(
+        variant="B/16", in_chans=3, decoder_width=512, decoder_depth=8, decoder_heads=16))
+    c.model.attention_impl = config_dict.placeholder(str)  # None = XLA picks; "cudnn" forces it
+    c.masking = ml_collections.ConfigDict(dict(ratio=0.75))
+    c.loss = ml_collections.ConfigDict(dict(norm_pix=True))
+
+    c.data = ml_collections.ConfigDict(dict(
+        kind="folder",            # folder (dir or tar) | array_record | tfds
+        split="train",
+        eval_split="test",
+        image_size=224,
+        augment="mae",
+        num_workers=0,
+        shuffle_seed=0,
+    ))
+    c.data.path = config_dict.placeholder(str)
+    c.data.eval_path = config_dict.placeholder(str)
+    c.data.name = config_dict.placeholder(str)       # TFDS dataset name
+    c.data.data_dir = config_dict.placeholder(str)   # TFDS data_dir
+    c.data.num_train_examples = config_dict.placeholder(int)  # default: len(source)
+
+    c.global_batch = 4096
+    c.grad_accum = 1
+    c.epochs = 800
+    c.total_steps = config_dict.placeholder(int)    # overrides epochs when set
+
+    c.optim = ml_collections.ConfigDict(dict(
+        name="adamw", base_lr=1.5e-4, lr_batch_denominator=256, b1=0.9, b2=0.95, eps=1e-8,
+        weight_decay=0.05, warmup_epochs=40.0, min_lr=0.0))
+    c.optim.grad_clip = config_dict.placeholder(float)
+
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.sharding_rules = [list(rule) for rule in DEFAULT_RULES]
+
+    c.checkpoint = ml_collections.ConfigDict(dict(
+        every_steps=1000, max_to_keep=3,
+        data_state_mismatch="error",  # "error" | "reset": what to do when the data state cannot resume exactly
+    ))
+    c.log_every_steps = 50
+    c.progress = True
+    c.watchdog_seconds = 0  # report a step not finished after this many seconds (0 = off)
+
+    # After pre-training: reconstruction figure and a simple linear probe of the frozen encoder.
+    c.post = ml_collections.ConfigDict(dict(
+        reconstruction=True, num_recon_images=8,
+        linear_probe=False, probe_train_examples=4000, probe_test_examples=1000, probe_epochs=100))
+    return c
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """Loads ``path/to/config.py[:arg]`` by calling its ``get_config(arg)``."""
+    path, _, arg = spec.partition(":")
+    file = pathlib.Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"config file {path!r} not found")
+    module_spec = importlib.util.spec_from_file_location(f"maskjax_config_{file.stem}", file)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"config file {path!r} has no get_config(arg) function")
+    return module.get_config(arg or None)
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> None:
+    """Sets dotted keys (``optim.base_lr``) on a config; unknown keys raise a clear error."""
+    for dotted, value in overrides.items():
+        node = config
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            if part not in node:
+                raise KeyError(f"unknown config field {dotted!r}")
+            node = node[part]
+        if parts[-1] not in node:
+            raise KeyError(f"unknown config field {dotted!r}")
+        node[parts[-1]] = value
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+    """Parses a config argument ``"smoke"`` or ``"epochs=1600,smoke"`` against typed defaults.
+
+    A bare word sets a boolean default to True; ``key=value`` is converted to the default's type.
+    Unknown keys raise a clear error listing the accepted ones.
+    """
+    out = dict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if key not in defaults:
+            raise ValueError(f"unknown config argument {key!r}; accepted: {sorted(defaults)}")
+        kind = type(defaults[key])
+        if not eq:
+            if kind is not bool:
+                raise ValueError(f"config argument {key!r} needs a value ({key}=...)")
+            out[key] = True
+        elif kind is bool:
+            out[key] = value.lower() in ("1", "true", "yes")
+        else:
+            out[key] = kind(value)
+    return ml_collections.ConfigDict(out)
+
+
+def embedded_data(config: ml_collections.ConfigDict, image_size: int | None = None) -> None:
+    """Points ``config.data`` at the CIFAR-10 subset shipped inside the package (no download)."""
+    from maskjax.data import embedded_cifar10_path
+
+    root = embedded_cifar10_path()
+    config.data.kind = "folder"
+    config.data.path = f"{root}/train.tar.gz"
+    config.data.eval_path = f"{root}/test.tar.gz"
+    config.data.split = "train"
+    config.data.eval_split = "test"
+    config.data.name = None
+    if image_size is not None:
+        config.data.image_size = image_size
+
+
+def smoke(config: ml_collections.ConfigDict, *, global_batch: int = 8, steps: int = 2) -> None:
+    """Shrinks a recipe's run (not its model) to a few CPU steps on the embedded images."""
+    embedded_data(config)
+    config.global_batch = global_batch
+    config.grad_accum = 1
+    config.total_steps = steps
+    config.optim.warmup_epochs = 0.0
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
+    config.log_every_steps = 1
+    config.checkpoint.every_steps = steps
+    config.post.reconstruction = False
+    config.post.linear_probe = False

@@ -1,0 +1,198 @@
+"""grain input pipelines for image pre-training and evaluation.
+
+`make_image_pipeline` builds a per-process ``grain.IterDataset`` of host-local batches;
+`to_global_batch` turns one host batch into globally sharded ``jax.Array`` s. Checkpointing::
+
+    ds = make_image_pipeline(source, global_batch=256, image_size=224, train=True, seed=0)
+    it = iter(ds)                          # a grain DatasetIterator
+    batch = to_global_batch(next(it), NamedSharding(mesh, P(("data", "fsdp"))))
+    state = it.get_state()                 # small JSON-able dict; it.set_state(state) resumes
+    # With Orbax: ocp.args.Composite(..., data=grain.checkpoint.CheckpointSave(it)) and
+    # grain.checkpoint.CheckpointRestore(it) on restore. Each process saves its own iterator.
+
+The iterator state depends on ``num_workers`` (specs/jax_ecosystem.md gotcha G2): resuming with
+a different worker count fails or silently yields a different stream, so keep ``num_workers``
+in the run config and refuse to resume when it changed.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import grain
+import jax
+import numpy as np
+
+from maskjax.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DecodeImage,
+    Normalize,
+    RandomHorizontalFlip,
+    RandomResizedCrop,
+    ResizeCenterCrop,
+)
+
+AUGMENTATIONS = ("mae", "none")
+# MAE pre-training crops 20%..100% of the image area.
+MAE_CROP_SCALE = (0.2, 1.0)
+
+
+class ImageLabelOnly(grain.transforms.Map):
+    """Keeps exactly ``{"image", "label"}`` with an int32 label, so batches stack cleanly.
+
+    Sources may carry extra keys (TFDS ids, file names) that cannot be turned into jax arrays.
+    """
+
+    def map(self, element: dict) -> dict:
+        """Returns ``{"image": element["image"], "label": np.int32(element["label"])}``."""
+        return {"image": element["image"], "label": np.int32(element["label"])}
+
+
+def _process_seed(seed: int, process_index: int, stream: int) -> int:
+    """A 32-bit seed for one random transform on one process.
+
+    grain seeds a random_map from (seed, element index); without mixing in the process index,
+    element i of every host would get the same crop and flip.
+    """
+    return int(np.random.SeedSequence([seed, process_index, stream]).generate_state(1)[0])
+
+
+def make_image_pipeline(
+    source: Any,
+    *,
+    global_batch: int,
+    image_size: int,
+    train: bool,
+    seed: int,
+    augment: str = "mae",
+    process_index: int | None = None,
+    process_count: int | None = None,
+    num_workers: int = 0,
+    num_epochs: int | None = None,
+    drop_remainder: bool = True,
+    crop_pct: float = 0.875,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    read_options: grain.ReadOptions | None = None,
+) -> grain.IterDataset:
+    """Builds this process's pipeline of ``{"image": f32[b,H,W,3], "label": i32[b]}`` batches.
+
+    Steps: source -> seed -> per-process shard ``[process_index::process_count]`` -> (train)
+    global shuffle, reshuffled every epoch -> decode -> augmentation -> normalize -> batch of
+    ``global_batch // process_count`` -> repeat -> ``to_iter_dataset`` -> (num_workers > 0)
+    ``mp_prefetch``.
+
+    Args:
+      source: a random-access source with items ``{"image": bytes|array, "label": int}``.
+      global_batch: batch size summed over all processes; must divide by ``process_count``.
+      image_size: output side length.
+      train: shuffle + augment + repeat forever (unless ``num_epochs``); else one ordered pass
+        with eval preprocessing.
+      seed: seeds shuffling and augmentation (same seed -> same batches).
+      augment: ``"mae"`` (RandomResizedCrop(scale=(0.2, 1)) + horizontal flip) or ``"none"``
+        (resize + center crop). Evaluation always uses the latter.
+      process_index, process_count: this process's shard; default ``jax.process_index()`` and
+        ``jax.process_count()``.
+      num_workers: grain worker processes (0 = read in threads of this process).
+      num_epochs: passes over the data; None = forever when training, one pass when not.
+      drop_remainder: drop each epoch's last partial batch. When True the dataset is also
+        trimmed to a multiple of ``process_count`` first so every process yields the same
+        number of batches (unequal counts would hang multi-host collectives).
+      crop_pct: resize/crop ratio of the eval preprocessing (0.875: 256 -> 224 crop; use 1.0
+        for images already at ``image_size``, e.g. CIFAR-10 at 32).
+      mean, std: normalization constants (ImageNet by default, as MAE).
+      read_options: grain read threads / buffer; defaults to 4 threads, 64 elements ahead.
+
+    Returns:
+      A ``grain.IterDataset``; ``iter()`` gives a checkpointable iterator (module docstring).
+    """
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"unknown augment {augment!r}; expected one of {', '.join(AUGMENTATIONS)}")
+    if process_index is None:
+        process_index = jax.process_index()
+    if process_count is None:
+        process_count = jax.process_count()
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    if global_batch <= 0 or global_batch % process_count:
+        raise ValueError(
+            f"global_batch {global_batch} is not divisible by the process count {process_count}"
+        )
+    if num_epochs is not None and num_epochs < 1:
+        raise ValueError(f"num_epochs must be >= 1 or None, got {num_epochs}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    per_process_batch = global_batch // process_count
+
+    ds = grain.MapDataset.source(source).seed(seed)
+    if drop_remainder:
+        ds = ds[: len(ds) // process_count * process_count]
+    ds = ds[process_index::process_count]
+    if len(ds) < per_process_batch and drop_remainder:
+        raise ValueError(
+            f"process {process_index} has {len(ds)} examples, fewer than its batch "
+            f"{per_process_batch}; with drop_remainder=True it would yield no batches"
+        )
+    if train:
+        # Explicit per-process seed: the index-based shuffle is reseeded with (seed + epoch) once
+        # repeat() feeds it indices past the first epoch.
+        ds = ds.shuffle(seed=_process_seed(seed, process_index, 0))
+    ds = ds.map(DecodeImage())
+    if train and augment == "mae":
+        ds = ds.random_map(
+            RandomResizedCrop(image_size, scale=MAE_CROP_SCALE),
+            seed=_process_seed(seed, process_index, 1),
+        )
+        ds = ds.random_map(RandomHorizontalFlip(0.5), seed=_process_seed(seed, process_index, 2))
+    else:
+        ds = ds.map(ResizeCenterCrop(image_size, crop_pct=crop_pct))
+    ds = ds.map(Normalize(mean, std)).map(ImageLabelOnly())
+    ds = ds.batch(per_process_batch, drop_remainder=drop_remainder)
+    # repeat() after the random maps: it forwards indices beyond the first epoch to the parents,
+    # so shuffle order and crops/flips differ every epoch (grain's reseed_each_epoch).
+    epochs = num_epochs if (num_epochs is not None or not train) else None
+    if epochs != 1:
+        ds = ds.repeat(epochs)
+    if read_options is None:
+        read_options = grain.ReadOptions(num_threads=4, prefetch_buffer_size=64)
+    it_ds = ds.to_iter_dataset(read_options)
+    if num_workers > 0:
+        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    return it_ds
+
+
+def to_global_batch(host_batch: dict, sharding: jax.sharding.Sharding) -> dict:
+    """Assembles each process's host-local batch into global ``jax.Array`` s.
+
+    Every leaf's leading (batch) axis is sharded by ``sharding`` (e.g.
+    ``NamedSharding(mesh, P(("data", "fsdp")))``); the global batch is the concatenation of the
+    processes' batches in process order. Works unchanged on one process.
+    """
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), host_batch
+    )
+
+
+def take_arrays(
+    source: Any,
+    indices: Sequence[int],
+    image_size: int,
+    *,
+    crop_pct: float = 0.875,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Eagerly loads ``source[indices]`` with eval preprocessing (small subsets only).
+
+    Returns ``(images f32[n, image_size, image_size, 3] normalized, labels i32[n])``; used for
+    linear probes and reconstruction figures. ``crop_pct`` as in `make_image_pipeline`.
+    """
+    decode, crop, normalize = DecodeImage(), ResizeCenterCrop(image_size, crop_pct), Normalize(mean, std)
+    indices = [int(i) for i in indices]
+    images = np.zeros((len(indices), image_size, image_size, 3), np.float32)
+    labels = np.zeros((len(indices),), np.int32)
+    for row, index in enumerate(indices):
+        item = normalize.map(crop.map(decode.map(source[index])))
+        images[row] = item["image"]
+        labels[row] = item["label"]
+    return images, labels

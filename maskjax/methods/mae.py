@@ -1,0 +1,70 @@
+"""MAE: random masking + ViT encoder/decoder + (normalised) pixel MSE on hidden patches."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from maskjax.masking import mask_from_noise, uniform_noise
+from maskjax.methods import register
+from maskjax.models.layers import patchify
+from maskjax.models.mae import MaskedAutoencoder
+from maskjax.objectives.pixels import masked_mse, norm_pix_target
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def compute_dtype(name: str):
+    """Maps the config's ``compute_dtype`` string onto a jnp dtype (clear error when unknown)."""
+    if name not in _DTYPES:
+        raise ValueError(f"unknown compute_dtype {name!r}; use one of {sorted(_DTYPES)}")
+    return _DTYPES[name]
+
+
+def mae_forward(model: MaskedAutoencoder, images, noise, mask_ratio: float, norm_pix: bool):
+    """MAE forward pass from explicit masking noise [B, L].
+
+    Returns ``(loss, pred, target, mask)``. Taking the noise (not a key) lets parity tests feed
+    the same noise to Hugging Face's ``ViTMAEForPreTraining``.
+    """
+    mask = mask_from_noise(noise, mask_ratio)
+    pred, _ = model(images, mask)
+    target = patchify(images, model.patch_size).astype(jnp.float32)
+    if norm_pix:
+        target = norm_pix_target(target)
+    loss, _ = masked_mse(pred, target, mask.mask)
+    return loss, pred, target, mask
+
+
+@register("mae")
+class MAE:
+    """Masked Autoencoders Are Scalable Vision Learners (He et al., CVPR 2022)."""
+
+    name = "mae"
+
+    def __init__(self, config):
+        self.config = config
+        self.mask_ratio = float(config.masking.ratio)
+        self.norm_pix = bool(config.loss.norm_pix)
+
+    def build(self, rngs):
+        """Builds :class:`MaskedAutoencoder` from ``config.model`` and ``config.data.image_size``."""
+        m, c = self.config.model, self.config
+        return MaskedAutoencoder(
+            m.variant,
+            image_size=c.data.image_size,
+            in_chans=m.get("in_chans", 3),
+            decoder_width=m.decoder_width,
+            decoder_depth=m.decoder_depth,
+            decoder_heads=m.decoder_heads,
+            dtype=compute_dtype(c.get("compute_dtype", "float32")),
+            remat=c.get("remat", False),
+            attention_impl=m.get("attention_impl", None),
+            rngs=rngs,
+        )
+
+    def loss(self, model, batch, keys, train):
+        """MAE loss of one batch; masks come from per-example keys (one uniform draw each)."""
+        images = batch["image"]
+        noise = uniform_noise(keys, images.shape[0], model.num_patches)
+        loss, _, _, _ = mae_forward(model, images, noise, self.mask_ratio, self.norm_pix)
+        return loss, {"loss": loss}

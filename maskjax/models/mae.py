@@ -1,0 +1,74 @@
+"""The MAE encoder-decoder (facebookresearch/mae ``models_mae.py``), NNX."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from maskjax.masking import Mask
+from maskjax.models.layers import Block, Buffer, dense, layer_norm, sincos_2d
+from maskjax.models.vit import ViT
+
+
+class MaskedAutoencoder(nnx.Module):
+    """ViT encoder on the visible tokens plus a light transformer decoder on all tokens.
+
+    ``__call__(images, mask)`` returns ``(pred, aux)``: pred [B, L, p*p*C] is the pixel prediction
+    for every patch (the loss uses only hidden ones); aux holds the encoder output.
+    """
+
+    def __init__(self, variant: str, *, image_size: int, in_chans: int = 3, rngs: nnx.Rngs,
+                 decoder_width: int = 512, decoder_depth: int = 8, decoder_heads: int = 16,
+                 mlp_ratio: float = 4.0, dtype: Any = None, remat: bool = False,
+                 attention_impl: str | None = None):
+        self.encoder = ViT(variant, image_size=image_size, in_chans=in_chans, rngs=rngs, dtype=dtype,
+                           remat=remat, attention_impl=attention_impl)
+        grid, patch = self.encoder.grid, self.encoder.patch_size
+        self.in_chans = in_chans
+        self.remat = remat
+        self.decoder_embed = dense(self.encoder.width, decoder_width, ("embed", "embed"), rngs=rngs, dtype=dtype)
+        self.mask_token = nnx.Param(0.02 * jax.random.normal(rngs.params(), (1, 1, decoder_width)),
+                                    logical_axes=(None, None, "embed"))
+        self.decoder_pos_embed = Buffer(sincos_2d(decoder_width, grid, grid, cls_token=True)[None])
+        self.decoder_blocks = nnx.List([
+            Block(decoder_width, decoder_heads, mlp_ratio, rngs=rngs, dtype=dtype, attention_impl=attention_impl)
+            for _ in range(decoder_depth)
+        ])
+        self.decoder_norm = layer_norm(decoder_width, rngs=rngs, dtype=dtype)
+        self.decoder_pred = dense(decoder_width, patch * patch * in_chans, ("embed", "patch"), rngs=rngs, dtype=dtype)
+
+    @property
+    def patch_size(self) -> int:
+        """Patch size of the encoder."""
+        return self.encoder.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        """Number of patch tokens L."""
+        return self.encoder.num_patches
+
+    def decode(self, latent: jax.Array, mask: Mask) -> jax.Array:
+        """Decoder: embed, append mask tokens, unshuffle, add positions, blocks, predict pixels."""
+        x = self.decoder_embed(latent)
+        b, n, d = x.shape
+        length = mask.ids_restore.shape[1]
+        mask_tokens = jnp.broadcast_to(self.mask_token[...].astype(x.dtype), (b, length + 1 - n, d))
+        body = jnp.concatenate([x[:, 1:], mask_tokens], axis=1)
+        body = jnp.take_along_axis(body, mask.ids_restore[..., None], axis=1)  # unshuffle
+        x = jnp.concatenate([x[:, :1], body], axis=1)
+        x = x + self.decoder_pos_embed[...].astype(x.dtype)
+        for block in self.decoder_blocks:
+            if self.remat:
+                x = nnx.remat(lambda blk, y: blk(y))(block, x)
+            else:
+                x = block(x)
+        x = self.decoder_pred(self.decoder_norm(x))
+        return x[:, 1:]
+
+    def __call__(self, images: jax.Array, mask: Mask) -> tuple[jax.Array, dict]:
+        latent, aux = self.encoder(images, mask)
+        pred = self.decode(latent, mask)
+        return pred, {"latent": latent, "cls": aux["cls"]}

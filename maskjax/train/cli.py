@@ -1,0 +1,56 @@
+"""Command-line front end of the trainer (absl flags + ml-collections config overrides)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mae/default.py[:smoke].",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, figures). "
+                               "Default: runs/<config name>.")
+_STOP_AT = flags.DEFINE_integer("stop_at_step", None, "Stop (with a checkpoint) at this step, as a preemption would.")
+_NO_POST = flags.DEFINE_bool("skip_post", False, "Skip the post-training reconstruction figure and probe.")
+_COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for multi-process runs.")
+_NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
+_PID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+_AUTO = flags.DEFINE_bool("distributed_auto", False, "Let JAX detect the cluster (TPU pod, SLURM, k8s).")
+_TIMEOUT = flags.DEFINE_integer("init_timeout", 300, "Seconds to wait for all processes to join.")
+
+
+def _default_workdir(config_arg: str) -> str:
+    name = os.path.splitext(os.path.basename(config_arg.split(":")[0]))[0]
+    suffix = config_arg.split(":")[1].replace(",", "_").replace("=", "") if ":" in config_arg else ""
+    return os.path.join("runs", name + (f"_{suffix}" if suffix else ""))
+
+
+def main(argv) -> None:
+    """Initialises (multi-process) JAX, trains, then runs the configured post-training steps."""
+    del argv
+    from maskjax.train import distributed
+
+    distributed.initialize(_COORD.value, _NPROC.value, _PID.value, auto=_AUTO.value, timeout_s=_TIMEOUT.value)
+    from maskjax.train.loop import open_eval_source, open_train_source, train
+    from maskjax.train.validate import ConfigError
+
+    config = _CONFIG.value
+    workdir = _WORKDIR.value or _default_workdir(flags.FLAGS["config"].config_filename)
+    try:
+        result = train(config, workdir, stop_at_step=_STOP_AT.value)
+    except ConfigError as e:
+        sys.exit(f"maskjax: {e}")
+    if result.step >= result.total_steps and not _NO_POST.value:
+        from maskjax.eval.post import run_post_training
+
+        run_post_training(result, workdir, train_source=open_train_source(config),
+                          eval_source=open_eval_source(config))
+    print(f"done: step {result.step}/{result.total_steps}, workdir {workdir}", flush=True)
+
+
+def run(argv: list[str] | None = None) -> None:
+    """Parses flags and runs :func:`main` under ``absl.app`` (which grain's workers need)."""
+    flags.mark_flag_as_required("config")
+    app.run(main, argv=argv)

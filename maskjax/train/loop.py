@@ -1,0 +1,230 @@
+"""The training loop: config -> mesh, data, sharded state, jitted step, checkpoints, metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from maskjax.data.pipeline import make_image_pipeline, to_global_batch
+from maskjax.data.sources import open_image_source
+from maskjax.methods import make_method
+from maskjax.train.checkpoint import Checkpointer, process_layout
+from maskjax.train.metrics import MetricWriter, Progress
+from maskjax.train.optim import make_optimizer, peak_lr, warmup_cosine
+from maskjax.train.sharding import batch_sharding, make_mesh, normalize_rules
+from maskjax.train.state import ModelTemplate, abstract_state, create_state
+from maskjax.train.step import make_train_step
+from maskjax.train.validate import validate_config
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The loss became NaN or inf; the message names the step and the last good checkpoint."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What :func:`train` returns: the final state and what is needed to use it."""
+
+    state: dict
+    template: ModelTemplate
+    method: Any
+    mesh: Any
+    config: Any
+    step: int
+    total_steps: int
+    history: list[dict]
+    steps_per_sec: float
+
+
+def config_hash(config) -> str:
+    """A short stable hash of the config (recorded in checkpoints and checked across processes)."""
+    return hashlib.sha256(config.to_json(sort_keys=True).encode()).hexdigest()[:16]
+
+
+def open_train_source(config):
+    """The training image source the config describes."""
+    d = config.data
+    split = None if d.kind == "array_record" else d.split
+    return open_image_source(d.kind, path=d.path, split=split, name=d.name, data_dir=d.data_dir)
+
+
+def open_eval_source(config):
+    """The held-out image source (``data.eval_path`` or ``data.path`` at ``data.eval_split``)."""
+    d = config.data
+    path = d.eval_path or d.path
+    split = None if d.kind == "array_record" else d.eval_split
+    return open_image_source(d.kind, path=path, split=split, name=d.name, data_dir=d.data_dir)
+
+
+def schedule_steps(config, num_examples: int) -> tuple[int, int, int]:
+    """(steps_per_epoch, total_steps, warmup_steps) from epochs or an explicit total_steps."""
+    steps_per_epoch = num_examples // config.global_batch
+    if steps_per_epoch < 1:
+        raise ValueError(f"the dataset has {num_examples} examples, fewer than one global batch of "
+                         f"{config.global_batch}; lower global_batch")
+    total = config.total_steps or int(round(config.epochs * steps_per_epoch))
+    warmup = min(int(round(config.optim.warmup_epochs * steps_per_epoch)), total)
+    return steps_per_epoch, total, warmup
+
+
+class _PendingMetrics:
+    """Per-step metrics kept on device until a log interval, so the loop never syncs per step."""
+
+    def __init__(self):
+        self.items: list[tuple[int, dict]] = []
+
+    def add(self, step: int, metrics: dict) -> None:
+        self.items.append((step, metrics))
+
+    def fetch(self) -> list[tuple[int, dict]]:
+        host = jax.device_get(self.items)
+        self.items = []
+        return [(s, {k: float(v) for k, v in m.items()}) for s, m in host]
+
+
+def _check_finite(records: list[tuple[int, dict]], last_ckpt: int | None) -> None:
+    for step, metrics in records:
+        loss = metrics.get("loss", 0.0)
+        if not np.isfinite(loss):
+            where = f"the last checkpoint is step {last_ckpt}" if last_ckpt else "no checkpoint was saved"
+            raise NonFiniteLoss(
+                f"loss is {loss} at step {step}; training stopped and nothing after step "
+                f"{last_ckpt or 0} was saved ({where}). Lower the learning rate, use "
+                f"compute_dtype=float32 or enable optim.grad_clip, then restart in the same "
+                f"workdir to resume.")
+
+
+def train(config, workdir: str, *, stop_at_step: int | None = None) -> TrainResult:
+    """Trains ``config`` in ``workdir``, resuming from the newest checkpoint there if any.
+
+    ``stop_at_step`` ends the run early (with a checkpoint) as a preemption would; the schedule
+    still follows the full run, so a later call continues exactly where this one stopped.
+    """
+    validate_config(config)
+    os.makedirs(workdir, exist_ok=True)
+    rules = normalize_rules(config.sharding_rules)
+    mesh = make_mesh(config.mesh)
+    method = make_method(config)
+    source = open_train_source(config)
+    num_examples = config.data.num_train_examples or len(source)
+    steps_per_epoch, total_steps, warmup_steps = schedule_steps(config, num_examples)
+    stop = min(stop_at_step or total_steps, total_steps)
+
+    lr = peak_lr(config.optim.base_lr, config.global_batch, config.optim.lr_batch_denominator)
+    schedule = warmup_cosine(lr, warmup_steps, total_steps, config.optim.min_lr)
+    tx = make_optimizer(config.optim, schedule)
+    template = ModelTemplate.from_builder(method.build)
+    base_key = jax.random.key(config.seed)
+    init_key, step_key = jax.random.fold_in(base_key, 0), jax.random.fold_in(base_key, 1)
+
+    dataset = make_image_pipeline(
+        source, global_batch=config.global_batch, image_size=config.data.image_size, train=True,
+        seed=config.data.shuffle_seed, augment=config.data.augment, num_workers=config.data.num_workers)
+    data_iter = iter(dataset)
+
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.checkpoint.max_to_keep,
+                        every_steps=config.checkpoint.every_steps)
+    layout = process_layout(config.data.num_workers)
+    meta = dict(layout, config_hash=config_hash(config), maskjax_version=_version())
+    latest = ckpt.latest_step()
+    if latest is not None:
+        target, shardings = abstract_state(template, method.build, tx, mesh, rules, init_key)
+        state, data_restored = ckpt.restore(latest, target, data_iter, layout,
+                                            config.checkpoint.data_state_mismatch)
+        _say(f"resumed from step {latest} in {ckpt.directory}"
+             + ("" if data_restored else " (model and optimizer only; the data order restarted)"))
+    else:
+        state, shardings = create_state(template, method.build, tx, mesh, rules, init_key)
+    start = int(jax.device_get(state["step"]))
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    _say(f"{method.name}: {config.model.variant}, {template.num_params() / 1e6:.2f}M params, "
+         f"mesh {dict(mesh.shape)}, global batch {config.global_batch} (x{config.grad_accum} accumulation), "
+         f"{steps_per_epoch} steps/epoch, steps {start}->{stop} of {total_steps}, peak lr {lr:.3g}")
+
+    bsharding = batch_sharding(mesh, rules)
+    step_fn = make_train_step(method, template, tx, schedule, base_key=step_key,
+                              global_batch=config.global_batch, accum=config.grad_accum,
+                              state_shardings=shardings, batch_sharding=bsharding)
+    writer = MetricWriter(workdir)
+    progress = Progress(total_steps, start, enabled=config.progress)
+    pending = _PendingMetrics()
+    history: list[dict] = []
+    last_ckpt = latest
+    step = start
+    window_t0, window_s0, wait = time.perf_counter(), step, 0.0
+    run_t0 = time.perf_counter()
+
+    def flush():
+        nonlocal window_t0, window_s0, wait
+        records = pending.fetch()
+        if not records:
+            return
+        _check_finite(records, last_ckpt)
+        now = time.perf_counter()
+        rate = (step - window_s0) / max(now - window_t0, 1e-9)
+        mean = {k: float(np.mean([m[k] for _, m in records])) for k in records[-1][1]}
+        mean.update(steps_per_sec=rate, data_wait=wait / max(now - window_t0, 1e-9))
+        for s, m in records:
+            history.append({"step": s, **m})
+        writer.write(step, mean)
+        progress.update(step, mean, rate)
+        window_t0, window_s0, wait = now, step, 0.0
+
+    def save(force: bool = False):
+        nonlocal last_ckpt
+        if last_ckpt == step:
+            return
+        flush()  # never checkpoint a state whose loss went non-finite
+        ckpt.save(step, state, data_iter, meta, force=force)
+        last_ckpt = step
+
+    try:
+        with jax.set_mesh(mesh):
+            while step < stop:
+                t0 = time.perf_counter()
+                host_batch = next(data_iter)
+                wait += time.perf_counter() - t0
+                state, metrics = step_fn(state, to_global_batch(host_batch, bsharding))
+                step += 1
+                pending.add(step, metrics)
+                if step % config.log_every_steps == 0:
+                    flush()
+                if step % ckpt.every_steps == 0:
+                    save()
+            save(force=True)
+    except KeyboardInterrupt:
+        _say(f"interrupted at step {step}; saving a checkpoint before exiting")
+        pending.items.clear()
+        ckpt.save(step, state, data_iter, meta, force=True)
+        ckpt.close()
+        raise
+    finally:
+        writer.close()
+    ckpt.close()
+    elapsed = time.perf_counter() - run_t0
+    return TrainResult(state=state, template=template, method=method, mesh=mesh, config=config, step=step,
+                       total_steps=total_steps, history=history,
+                       steps_per_sec=(step - start) / elapsed if elapsed > 0 else 0.0)
+
+
+def _version() -> str:
+    from maskjax import __version__
+
+    return __version__
+
+
+def _say(message: str) -> None:
+    if jax.process_index() == 0:
+        print(message, flush=True)

@@ -1,0 +1,93 @@
+"""The jitted train step: per-example keys, gradient accumulation, optimiser update."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from maskjax.train.state import ModelTemplate
+
+
+def example_keys(base_key: jax.Array, step: jax.Array, global_batch: int) -> jax.Array:
+    """Per-example keys ``fold_in(fold_in(base, step), i)`` for i in [0, global_batch).
+
+    Folding the step number in makes a resumed run draw exactly the masks of an uninterrupted
+    one; folding the example index in makes them independent of micro-batching and sharding.
+    """
+    step_key = jax.random.fold_in(base_key, step)
+    return jax.vmap(lambda i: jax.random.fold_in(step_key, i))(jnp.arange(global_batch))
+
+
+def split_micro(tree: Any, accum: int) -> Any:
+    """[B, ...] -> [accum, B/accum, ...] with micro-batch i = rows i, i+accum, i+2*accum, ...
+
+    The strided split keeps every micro-batch spread evenly over the devices that hold the
+    batch, so no data moves between devices.
+    """
+    def split(x):
+        return x.reshape((x.shape[0] // accum, accum) + x.shape[1:]).swapaxes(0, 1)
+
+    return jax.tree.map(split, tree)
+
+
+def make_loss_and_grad(method, template: ModelTemplate, accum: int, micro_sharding=None) -> Callable:
+    """``(params, extra, batch, keys) -> ((loss, metrics), grads)`` averaged over micro-batches."""
+
+    def loss_fn(params, extra, batch, keys):
+        model = template.merge(params, extra)
+        return method.loss(model, batch, keys, True)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if accum == 1:
+        return grad_fn
+
+    def accumulated(params, extra, batch, keys):
+        micro = split_micro({"batch": batch, "keys": keys}, accum)
+        if micro_sharding is not None:
+            micro = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, micro_sharding), micro)
+        zeros = jax.tree.map(jnp.zeros_like, params)
+
+        def body(carry, mb):
+            grads_sum, loss_sum, metrics_sum = carry
+            (loss, metrics), grads = grad_fn(params, extra, mb["batch"], mb["keys"])
+            grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
+            metrics_sum = jax.tree.map(jnp.add, metrics_sum, metrics)
+            return (grads_sum, loss_sum + loss, metrics_sum), None
+
+        first = jax.tree.map(lambda x: x[0], micro)
+        metrics_shape = jax.eval_shape(lambda: grad_fn(params, extra, first["batch"], first["keys"])[0][1])
+        init_metrics = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics_shape)
+        (grads, loss, metrics), _ = jax.lax.scan(body, (zeros, jnp.zeros((), jnp.float32), init_metrics), micro)
+        scale = 1.0 / accum
+        return (loss * scale, jax.tree.map(lambda m: m * scale, metrics)), jax.tree.map(lambda g: g * scale, grads)
+
+    return accumulated
+
+
+def make_train_step(method, template: ModelTemplate, tx: optax.GradientTransformation, schedule: Callable,
+                    *, base_key: jax.Array, global_batch: int, accum: int, state_shardings: Any,
+                    batch_sharding: NamedSharding) -> Callable:
+    """Returns the jitted ``step(state, batch) -> (state, metrics)`` with the state donated."""
+    if global_batch % accum:
+        raise ValueError(f"global batch {global_batch} is not divisible by grad_accum {accum}")
+    micro_sharding = NamedSharding(batch_sharding.mesh, P(None, *batch_sharding.spec))
+    loss_and_grad = make_loss_and_grad(method, template, accum, micro_sharding)
+
+    def step(state, batch):
+        keys = example_keys(base_key, state["step"], global_batch)
+        keys = jax.lax.with_sharding_constraint(keys, batch_sharding)
+        (loss, metrics), grads = loss_and_grad(state["params"], state["extra"], batch, keys)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        metrics = dict(metrics)
+        metrics.update(loss=loss, grad_norm=optax.global_norm(grads), lr=schedule(state["step"]))
+        new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state, "extra": state["extra"]}
+        return new_state, metrics
+
+    replicated = NamedSharding(batch_sharding.mesh, P())
+    return jax.jit(step, donate_argnums=(0,), in_shardings=(state_shardings, batch_sharding),
+                   out_shardings=(state_shardings, replicated))
