@@ -56,7 +56,8 @@ def base_config() -> ml_collections.ConfigDict:
         weight_decay=0.05, warmup_epochs=40.0, min_lr=0.0))
     c.optim.grad_clip = config_dict.placeholder(float)
 
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    # FSDP by default: every device on "fsdp"; parameters sharded along "embed", batch over data x fsdp.
+    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     c.sharding_rules = [list(rule) for rule in DEFAULT_RULES]
 
     c.checkpoint = ml_collections.ConfigDict(dict(
@@ -148,7 +149,7 @@ def smoke(config: ml_collections.ConfigDict, *, global_batch: int = 8, steps: in
     config.grad_accum = 1
     config.total_steps = steps
     config.optim.warmup_epochs = 0.0
-    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, -1, 1
     config.log_every_steps = 1
     config.checkpoint.every_steps = steps
     config.post.reconstruction = False

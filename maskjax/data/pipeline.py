@@ -97,7 +97,9 @@ def make_image_pipeline(
       num_epochs: passes over the data; None = forever when training, one pass when not.
       drop_remainder: drop each epoch's last partial batch. When True the dataset is also
         trimmed to a multiple of ``process_count`` first so every process yields the same
-        number of batches (unequal counts would hang multi-host collectives).
+        number of batches (unequal counts would hang multi-host collectives). With False
+        (exact evaluation) processes can differ by one example and the last batch is smaller,
+        so gather such batches per process rather than with `to_global_batch`.
       crop_pct: resize/crop ratio of the eval preprocessing (0.875: 256 -> 224 crop; use 1.0
         for images already at ``image_size``, e.g. CIFAR-10 at 32).
       mean, std: normalization constants (ImageNet by default, as MAE).
@@ -150,7 +152,7 @@ def make_image_pipeline(
     ds = ds.batch(per_process_batch, drop_remainder=drop_remainder)
     # repeat() after the random maps: it forwards indices beyond the first epoch to the parents,
     # so shuffle order and crops/flips differ every epoch (grain's reseed_each_epoch).
-    epochs = num_epochs if (num_epochs is not None or not train) else None
+    epochs = num_epochs if num_epochs is not None else (None if train else 1)
     if epochs != 1:
         ds = ds.repeat(epochs)
     if read_options is None:

@@ -49,7 +49,7 @@ def _select(rel_paths: Sequence[str], split: str | None, where: str) -> list[tup
     if split is not None:
         split = split.strip("/")
         top_level = sorted({p.split("/")[0] for p in rel_paths if "/" in p})
-        if split not in top_level:
+        if rel_paths and split not in top_level:
             raise ValueError(
                 f"split folder {split!r} not found in {where}; "
                 f"top-level folders: {', '.join(top_level) or '(none)'}"
@@ -71,7 +71,7 @@ def _select(rel_paths: Sequence[str], split: str | None, where: str) -> list[tup
     return selected
 
 
-def _index(selected: list[tuple[str, str]]) -> tuple[list[str], list[int], list[str]]:
+def _index(selected: list[tuple[str, str]]) -> tuple[list[str], list[str], list[int]]:
     """Returns (sorted class names, paths, labels) sorted by (label, path) for a stable order."""
     class_names = sorted({c for _, c in selected})
     label_of = {c: i for i, c in enumerate(class_names)}
@@ -106,50 +106,66 @@ class ImageFolderSource:
                 f"{self.path} is neither a directory nor a tar archive "
                 f"(expected one of {', '.join(_TAR_SUFFIXES)})"
             )
-        self._offsets: dict[str, tuple[int, int]] = {}
-        self._blobs: dict[str, bytes] | None = None
         if self._is_dir:
-            rel_paths = self._list_dir()
+            rel_paths = self._list_dir(split)
+            locations: dict[str, Any] = {}
         else:
-            rel_paths = self._scan_tar()
+            locations = self._scan_tar()
+            rel_paths = list(locations)
         selected = _select(rel_paths, split, self.path)
         self.class_names, self._paths, self._labels = _index(selected)
+        # Per-item arrays aligned with the item order; numpy keeps the pickle that grain sends to
+        # each worker compact even for archives with a million members.
+        self._offsets = self._sizes = None
+        self._blobs: list[bytes] | None = None
         if not self._is_dir and not self._compressed:
-            self._offsets = {p: self._offsets[p] for p in self._paths}
-        elif self._blobs is not None:
-            self._blobs = {p: self._blobs[p] for p in self._paths}  # drop unselected members
+            self._offsets = np.asarray([locations[p][0] for p in self._paths], np.int64)
+            self._sizes = np.asarray([locations[p][1] for p in self._paths], np.int64)
+        elif self._compressed:
+            self._blobs = [locations[p] for p in self._paths]  # unselected members are dropped
         self._fd: int | None = None
         self._fd_pid: int | None = None
         self._lock = threading.Lock()
 
-    def _list_dir(self) -> list[str]:
-        """Relative posix paths of all files below the directory (sorted walk, deterministic)."""
+    def _list_dir(self, split: str | None) -> list[str]:
+        """Relative posix paths of the files below the directory (sorted walk, deterministic).
+
+        With a split only ``<path>/<split>`` is walked, so other splits are not listed.
+        """
         root = pathlib.Path(self.path)
+        start = root
+        if split is not None:
+            start = root / split.strip("/")
+            if not start.is_dir():
+                top_level = sorted(p.name for p in root.iterdir() if p.is_dir())
+                raise ValueError(
+                    f"split folder {split!r} not found in {self.path}; "
+                    f"top-level folders: {', '.join(top_level) or '(none)'}"
+                )
         rel = []
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        for dirpath, dirnames, filenames in os.walk(start, followlinks=True):
             dirnames.sort()
             for name in sorted(filenames):
                 rel.append(pathlib.Path(dirpath, name).relative_to(root).as_posix())
         return rel
 
-    def _scan_tar(self) -> list[str]:
-        """Indexes the archive: data offsets (plain tar) or member bytes (compressed tar)."""
-        names = []
-        blobs: dict[str, bytes] = {}
+    def _scan_tar(self) -> dict[str, Any]:
+        """Maps member name -> (data offset, size) for a plain tar, or -> bytes if compressed."""
+        locations: dict[str, Any] = {}
         with tarfile.open(self.path, mode="r:*") as tar:
             for member in tar:
                 if not member.isfile():
                     continue
                 name = member.name.removeprefix("./")
-                names.append(name)
                 if self._compressed:
+                    # Compressed streams cannot be read at an offset, so keep the bytes.
                     if _is_image_path(name):
-                        blobs[name] = tar.extractfile(member).read()
+                        locations[name] = tar.extractfile(member).read()
+                    else:
+                        locations[name] = None
                 else:
-                    self._offsets[name] = (member.offset_data, member.size)
-        if self._compressed:
-            self._blobs = blobs
-        return names
+                    locations[name] = (member.offset_data, member.size)
+        return locations
 
     def __len__(self) -> int:
         return len(self._paths)
@@ -163,19 +179,18 @@ class ImageFolderSource:
         """Path of item ``index`` inside the directory or archive (for debugging and tests)."""
         return self._paths[index]
 
-    def _read(self, rel: str) -> bytes:
+    def _read(self, index: int) -> bytes:
         if self._is_dir:
-            with open(os.path.join(self.path, rel), "rb") as f:
+            with open(os.path.join(self.path, self._paths[index]), "rb") as f:
                 return f.read()
         if self._compressed:
             if self._blobs is None:
                 with self._lock:  # several grain threads may hit a fresh (unpickled) copy at once
                     if self._blobs is None:
-                        self._scan_tar()
-                        self._blobs = {p: self._blobs[p] for p in self._paths}
-            return self._blobs[rel]
-        offset, size = self._offsets[rel]
-        return self._pread(offset, size)
+                        locations = self._scan_tar()
+                        self._blobs = [locations[p] for p in self._paths]
+            return self._blobs[index]
+        return self._pread(int(self._offsets[index]), int(self._sizes[index]))
 
     def _pread(self, offset: int, size: int) -> bytes:
         # One descriptor per process; pread carries its own offset, so grain's reader threads
@@ -202,8 +217,7 @@ class ImageFolderSource:
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} images")
-        rel = self._paths[index]
-        return {"image": self._read(rel), "label": self._labels[index]}
+        return {"image": self._read(index), "label": self._labels[index]}
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)

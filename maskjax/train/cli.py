@@ -33,14 +33,16 @@ def main(argv) -> None:
     from maskjax.train import distributed
 
     distributed.initialize(_COORD.value, _NPROC.value, _PID.value, auto=_AUTO.value, timeout_s=_TIMEOUT.value)
-    from maskjax.train.loop import open_eval_source, open_train_source, train
+    from maskjax.train.checkpoint import DataStateMismatch
+    from maskjax.train.loop import NonFiniteLoss, open_eval_source, open_train_source, train
     from maskjax.train.validate import ConfigError
 
     config = _CONFIG.value
     workdir = _WORKDIR.value or _default_workdir(flags.FLAGS["config"].config_filename)
     try:
         result = train(config, workdir, stop_at_step=_STOP_AT.value)
-    except ConfigError as e:
+    except (ConfigError, DataStateMismatch, NonFiniteLoss) as e:
+        # Problems the user can act on get their message, not a stack trace.
         sys.exit(f"maskjax: {e}")
     if result.step >= result.total_steps and not _NO_POST.value:
         from maskjax.eval.post import run_post_training

@@ -133,3 +133,9 @@ def test_tfds_source_with_mock_data():
             assert isinstance(item["label"], int) and 0 <= item["label"] < 10
     with pytest.raises(ValueError, match="needs a dataset name and a split"):
         open_image_source("tfds", split="train")
+
+
+def test_empty_split_folder_message(tmp_path):
+    (tmp_path / "train" / "cls").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"no images found in .* \(split 'train'\)"):
+        ImageFolderSource(tmp_path, split="train")

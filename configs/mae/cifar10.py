@@ -1,0 +1,52 @@
+"""MAE on all of CIFAR-10 (50,000 32x32 training images): the recipe for small machines.
+
+Not a paper recipe: MAE's ImageNet recipe scaled down for 32x32 images, with a ViT-Ti/4
+encoder (64 patches of 4x4), a 4-block 256-d decoder, mask ratio 0.75, norm-pix loss, batch
+512 and 15 warmup epochs. There is no paper number for it; what maskjax measured with it is
+in docs/results/ (with the hardware and commit).
+
+Data: ``../shared/data/cifar10/{train,test}.tar`` beside the checkout by default (ImageFolder
+layout in a tar); point ``--config.data.path`` / ``--config.data.eval_path`` elsewhere for
+another copy.
+
+Command:
+  maskjax train --config configs/mae/cifar10.py --workdir runs/cifar10
+  maskjax train --config configs/mae/cifar10.py:epochs=400,variant=S/4   # longer, wider
+Hardware: a single GPU or TPU host; on a 2-core CPU use ``configs/mae/default.py`` instead.
+"""
+
+import pathlib
+
+from maskjax.config import base_config, parse_arg, smoke
+
+_DATA = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar10"
+
+
+def get_config(arg=None):
+    """CIFAR-10 MAE; ``arg``: "epochs=N", "variant=Ti/4", "smoke"."""
+    args = parse_arg(arg, epochs=200, variant="Ti/4", smoke=False)
+    c = base_config()
+    c.data.kind = "folder"
+    c.data.path = str(_DATA / "train.tar")
+    c.data.eval_path = str(_DATA / "test.tar")
+    c.data.split, c.data.eval_split = "train", "test"
+    c.data.image_size = 32
+    c.data.num_workers = 2
+    c.model.variant = args.variant
+    c.model.decoder_width, c.model.decoder_depth, c.model.decoder_heads = 256, 4, 8
+    c.masking.ratio = 0.75
+    c.loss.norm_pix = True
+    c.global_batch = 512
+    c.epochs = args.epochs
+    c.optim.base_lr = 1.5e-4
+    c.optim.warmup_epochs = 15.0
+    c.checkpoint.every_steps = 1000
+    c.log_every_steps = 50
+    c.post.reconstruction = True
+    c.post.linear_probe = True
+    c.post.probe_train_examples = 10000
+    c.post.probe_test_examples = 10000
+    if args.smoke:
+        smoke(c, global_batch=16)
+        c.data.num_workers = 0
+    return c

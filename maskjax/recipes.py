@@ -1,0 +1,48 @@
+"""Paper recipes shared by several config files (the config files add docstrings and variants)."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from maskjax.config import base_config, smoke
+
+
+def mae_imagenet(variant: str, epochs: int, *, is_smoke: bool = False) -> ml_collections.ConfigDict:
+    """MAE pre-training on ImageNet-1K as ``main_pretrain.py`` + PRETRAIN.md run it.
+
+    AdamW (0.9, 0.95), weight decay 0.05 (timm grouping), blr 1.5e-4 x 4096 / 256, 40 warmup
+    epochs then half-cycle cosine to 0 per step, mask ratio 0.75, norm-pix target,
+    RandomResizedCrop(224, scale=(0.2, 1), bicubic) + flip, decoder 512 x 8 x 16 heads.
+    Data: TFDS ``imagenet2012`` prepared by the user (ArrayRecord); for an ImageFolder copy use
+    ``--config.data.kind=folder --config.data.path=/data/imagenet --config.data.split=train
+    --config.data.eval_split=val``.
+    """
+    c = base_config()
+    c.model.variant = variant
+    c.model.decoder_width, c.model.decoder_depth, c.model.decoder_heads = 512, 8, 16
+    c.masking.ratio = 0.75
+    c.loss.norm_pix = True
+    c.data.kind = "tfds"
+    c.data.name = "imagenet2012"
+    c.data.split = "train"
+    c.data.eval_split = "validation"
+    c.data.image_size = 224
+    c.data.augment = "mae"
+    c.data.num_workers = 8
+    c.global_batch = 4096
+    c.grad_accum = 1  # raise it when 4096 / data-parallel size does not fit in device memory
+    c.epochs = epochs
+    c.optim.base_lr = 1.5e-4
+    c.optim.warmup_epochs = 40.0
+    c.optim.weight_decay = 0.05
+    c.optim.b1, c.optim.b2 = 0.9, 0.95
+    c.compute_dtype = "bfloat16"
+    c.checkpoint.every_steps = 2000
+    c.log_every_steps = 100
+    c.post.reconstruction = True
+    c.post.linear_probe = False
+    if is_smoke:
+        smoke(c, global_batch=8, steps=2)
+        c.data.num_workers = 0
+        c.compute_dtype = "float32"
+    return c

@@ -1,0 +1,58 @@
+"""Bad configs fail before compiling, with a message naming the problem."""
+
+import pytest
+
+from maskjax.train.validate import ConfigError, validate_config
+
+
+def _error(config, **kw) -> str:
+    with pytest.raises(ConfigError) as info:
+        validate_config(config, **kw)
+    return str(info.value)
+
+
+def test_good_config_passes(tiny):
+    validate_config(tiny(), num_devices=8, process_count=1)
+
+
+def test_image_size_not_divisible_by_patch(tiny):
+    msg = _error(tiny(**{"data.image_size": 18}), num_devices=1)
+    assert "image_size 18 is not divisible by the patch size 4" in msg
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.0, 1.5, -0.1])
+def test_mask_ratio_outside_open_interval(tiny, ratio):
+    assert f"masking.ratio must be in (0, 1), got {ratio}" in _error(tiny(**{"masking.ratio": ratio}), num_devices=1)
+
+
+def test_global_batch_not_divisible_by_data_parallel_size(tiny):
+    msg = _error(tiny(**{"global_batch": 12}), num_devices=8)
+    assert "not divisible by the data-parallel size 8" in msg
+
+
+def test_global_batch_not_divisible_by_accumulation(tiny):
+    assert "not divisible by grad_accum 3" in _error(tiny(**{"grad_accum": 3}), num_devices=1)
+
+
+def test_mesh_not_matching_device_count(tiny):
+    config = tiny()
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 1
+    msg = _error(config, num_devices=8)
+    assert "has 4 devices but 8 are available" in msg
+
+
+def test_missing_data_directory(tiny, tmp_path):
+    missing = str(tmp_path / "nope")
+    msg = _error(tiny(**{"data.path": missing}), num_devices=1)
+    assert f"data.path {missing!r} does not exist" in msg
+
+
+def test_unknown_model_variant(tiny):
+    msg = _error(tiny(**{"model.variant": "Q/16"}), num_devices=1)
+    assert "unknown ViT size 'Q'" in msg
+    assert "'B'" in msg  # lists the known sizes
+
+
+def test_all_problems_reported_at_once(tiny):
+    msg = _error(tiny(**{"masking.ratio": 2.0, "model.variant": "Q/16"}), num_devices=1)
+    assert "masking.ratio" in msg and "unknown ViT size" in msg
