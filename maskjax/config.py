@@ -37,6 +37,7 @@ def base_config() -> ml_collections.ConfigDict:
         eval_split="test",
         image_size=224,
         augment="mae",
+        crop_pct=0.875,           # eval preprocessing: resize to size/crop_pct, center crop (1.0 for 32x32 data)
         num_workers=0,
         shuffle_seed=0,
     ))

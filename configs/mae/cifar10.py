@@ -31,6 +31,7 @@ def get_config(arg=None):
     c.data.eval_path = str(_DATA / "test.tar")
     c.data.split, c.data.eval_split = "train", "test"
     c.data.image_size = 32
+    c.data.crop_pct = 1.0
     c.data.num_workers = 2
     c.model.variant = args.variant
     c.model.decoder_width, c.model.decoder_depth, c.model.decoder_heads = 256, 4, 8

@@ -21,6 +21,7 @@ def get_config(arg=None):
     args = parse_arg(arg, smoke=False, epochs=30)
     c = base_config()
     embedded_data(c, image_size=32)
+    c.data.crop_pct = 1.0
     c.data.augment = "mae"
     c.model.variant = "Pico/4"
     c.model.decoder_width = 96

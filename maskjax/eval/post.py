@@ -33,7 +33,7 @@ def run_post_training(result, workdir: str, *, train_source, eval_source) -> dic
     model = result.template.merge(jax.device_get(result.state["params"]), jax.device_get(result.state["extra"]))
     if post.reconstruction:
         idx = _subset(len(eval_source), post.num_recon_images, seed=1)
-        images, _ = take_arrays(eval_source, idx, size, crop_pct=1.0)
+        images, _ = take_arrays(eval_source, idx, size, crop_pct=config.data.crop_pct)
         path = os.path.join(workdir, "reconstruction.png")
         reconstruction_figure(model, images, jax.random.key(0), config.masking.ratio, config.loss.norm_pix, path)
         summary["reconstruction"] = path
@@ -41,8 +41,8 @@ def run_post_training(result, workdir: str, *, train_source, eval_source) -> dic
     if post.linear_probe:
         tr_idx = _subset(len(train_source), post.probe_train_examples, seed=2)
         te_idx = _subset(len(eval_source), post.probe_test_examples, seed=3)
-        xtr, ytr = take_arrays(train_source, tr_idx, size, crop_pct=1.0)
-        xte, yte = take_arrays(eval_source, te_idx, size, crop_pct=1.0)
+        xtr, ytr = take_arrays(train_source, tr_idx, size, crop_pct=config.data.crop_pct)
+        xte, yte = take_arrays(eval_source, te_idx, size, crop_pct=config.data.crop_pct)
         num_classes = int(max(ytr.max(), yte.max()) + 1)
         pretrained = fit_linear_probe(_cls_features(model, xtr), ytr, _cls_features(model, xte), yte,
                                       num_classes, steps=post.probe_epochs * 5)

@@ -11,6 +11,8 @@ de-normalise them with some mean and variance. Two choices, named in the figure'
 
 from __future__ import annotations
 
+import textwrap
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -68,16 +70,20 @@ def save_grid(columns: dict[str, np.ndarray], path: str, caption: str, scale: in
     """Writes a PNG with one row per image and one column per entry of ``columns``."""
     names = list(columns)
     n, h, w, _ = columns[names[0]].shape
-    ch, cw, pad, header = h * scale, w * scale, 4, 36
-    canvas = Image.new("RGB", (len(names) * (cw + pad) + pad, header + n * (ch + pad) + pad + 16), "white")
+    ch, cw, pad = h * scale, w * scale, 4
+    width = len(names) * (cw + pad) + pad
+    lines = textwrap.wrap(caption, width=max(width // 6, 20))
+    header = 16 + 12 * len(lines)
+    canvas = Image.new("RGB", (width, header + n * (ch + pad) + pad), "white")
     draw = ImageDraw.Draw(canvas)
     for j, name in enumerate(names):
-        draw.text((pad + j * (cw + pad), 20), name, fill="black")
+        draw.text((pad + j * (cw + pad), header - 14), name, fill="black")
         for i in range(n):
             tile = Image.fromarray((columns[name][i] * 255).round().astype(np.uint8))
             tile = tile.resize((cw, ch), Image.NEAREST)
             canvas.paste(tile, (pad + j * (cw + pad), header + i * (ch + pad)))
-    draw.text((pad, 4), caption, fill="black")
+    for k, line in enumerate(lines):
+        draw.text((pad, 2 + 12 * k), line, fill="black")
     canvas.save(path)
     return path
 

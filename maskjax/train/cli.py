@@ -30,6 +30,10 @@ def _default_workdir(config_arg: str) -> str:
 def main(argv) -> None:
     """Initialises (multi-process) JAX, trains, then runs the configured post-training steps."""
     del argv
+    from absl import logging as absl_logging
+
+    if not flags.FLAGS["verbosity"].present:
+        absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every save at INFO
     from maskjax.train import distributed
 
     distributed.initialize(_COORD.value, _NPROC.value, _PID.value, auto=_AUTO.value, timeout_s=_TIMEOUT.value)

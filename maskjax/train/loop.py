@@ -129,7 +129,8 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> TrainResu
 
     dataset = make_image_pipeline(
         source, global_batch=config.global_batch, image_size=config.data.image_size, train=True,
-        seed=config.data.shuffle_seed, augment=config.data.augment, num_workers=config.data.num_workers)
+        seed=config.data.shuffle_seed, augment=config.data.augment, num_workers=config.data.num_workers,
+        crop_pct=config.data.crop_pct)
     data_iter = iter(dataset)
 
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.checkpoint.max_to_keep,

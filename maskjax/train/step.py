@@ -84,7 +84,7 @@ def make_train_step(method, template: ModelTemplate, tx: optax.GradientTransform
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         metrics = dict(metrics)
-        metrics.update(loss=loss, grad_norm=optax.global_norm(grads), lr=schedule(state["step"]))
+        metrics.update(loss=loss, grad_norm=optax.tree.norm(grads), lr=schedule(state["step"]))
         new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state, "extra": state["extra"]}
         return new_state, metrics
 
