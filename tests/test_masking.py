@@ -251,10 +251,6 @@ def test_wrong_number_of_keys_raises():
         uniform_noise(keys, 4, 16)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: uniform_noise treats a legacy uint32 PRNGKey of shape (2,) as 2 per-example keys; "
-    "random_mask(jax.random.PRNGKey(0), B, ...) raises 'got 2 per-example keys' (B != 2) or a "
-    "TypeError (B == 2) instead of accepting it as one key"))
 def test_legacy_uint32_key_accepted_as_one_key():
     legacy = jax.random.PRNGKey(0)
     m = random_mask(legacy, 4, 16, 0.75)

@@ -19,7 +19,7 @@ from scipy.special import erf
 from maskjax.config import base_config
 from maskjax.masking import Mask
 from maskjax.models.layers import (
-    Attention, Block, Mlp, PatchEmbed, dense, layer_norm, patchify, sincos_1d, sincos_2d, unpatchify)
+    Attention, Block, Mlp, PatchEmbed, layer_norm, patchify, sincos_1d, sincos_2d, unpatchify)
 from maskjax.models.mae import MaskedAutoencoder
 from maskjax.models.vit import VIT_SIZES, ViT, parse_variant
 
@@ -466,9 +466,6 @@ def test_parse_variant_bad_strings(bad):
         parse_variant(bad)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: parse_variant accepts patch size 0 ('B/0'); building the model then fails with "
-    "ZeroDivisionError (image_size % 0) instead of a clear ValueError"))
 def test_parse_variant_rejects_zero_patch():
     with pytest.raises(ValueError):
         parse_variant("B/0")

@@ -12,10 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from maskjax.config import base_config
-from maskjax.masking import Mask, uniform_noise
+from maskjax.masking import Mask
 from maskjax.methods import make_method
 from maskjax.methods.mae import MAE, compute_dtype, mae_forward
-from maskjax.models.mae import MaskedAutoencoder
 from maskjax.objectives.pixels import masked_mse, norm_pix_target, patch_stats
 
 SETTINGS = settings(max_examples=15, deadline=None, derandomize=True)

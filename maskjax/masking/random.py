@@ -63,6 +63,12 @@ def uniform_noise(key: jax.Array, batch: int, length: int) -> jax.Array:
     micro-batches or sharded over devices, which is what lets gradient accumulation and
     different meshes reproduce the same step exactly.
     """
+    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape == (2,) and key.dtype == jnp.uint32:
+            key = jax.random.wrap_key_data(key)  # a legacy jax.random.PRNGKey: one key
+        else:
+            raise TypeError(f"expected a PRNG key from jax.random.key (or per-example keys), got "
+                            f"an array of shape {key.shape} and dtype {key.dtype}")
     if key.ndim == 0:
         key = jax.random.split(key, batch)
     if key.shape[0] != batch:

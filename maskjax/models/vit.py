@@ -42,6 +42,8 @@ def parse_variant(variant: str) -> tuple[ViTSize, int]:
     if not match:
         raise ValueError(f"model variant must look like 'B/16' (size/patch), got {variant!r}")
     name, patch = match.group(1), int(match.group(2))
+    if patch < 1:
+        raise ValueError(f"patch size must be at least 1, got {patch} in variant {variant!r}")
     if name not in VIT_SIZES:
         raise ValueError(f"unknown ViT size {name!r} in variant {variant!r}; known: {sorted(VIT_SIZES)}")
     return VIT_SIZES[name], patch
