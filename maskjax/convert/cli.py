@@ -1,0 +1,108 @@
+"""``maskjax convert ...``: checkpoint conversion from the command line.
+
+    maskjax convert mae-official mae_pretrain_vit_base.pth out/mae_b16 [--variant B/16] [--kind pretrain]
+    maskjax convert hf-to-maskjax path/to/hf_folder_or_model.safetensors out/hf_b16
+    maskjax convert maskjax-to-hf out/mae_b16_or_a_training_workdir hf_out/
+    maskjax convert maskjax-to-official out/mae_b16_or_a_training_workdir mae_b16.pth
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+from maskjax.convert.common import ConversionError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``maskjax convert``."""
+    parser = argparse.ArgumentParser(prog="maskjax convert", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    off = sub.add_parser("mae-official", help="official MAE .pth (pretrain / visualize / finetuned) -> maskjax")
+    off.add_argument("src", help="the released .pth file, e.g. mae_pretrain_vit_base.pth")
+    off.add_argument("out", help="output directory (maskjax_model.json + Orbax variables/)")
+    off.add_argument("--variant", help="expected variant such as B/16 (default: detected from shapes)")
+    off.add_argument("--kind", choices=["pretrain", "visualize", "finetuned"], help="expected checkpoint kind")
+    off.add_argument("--image-size", type=int, help="expected image size (default: from pos_embed)")
+    off.add_argument("--decoder-heads", type=int, default=16, help="decoder attention heads (default 16, as MAE)")
+
+    hf = sub.add_parser("hf-to-maskjax", help="Hugging Face ViTMAE / ViT folder or weights file -> maskjax")
+    hf.add_argument("src", help="HF model folder (config.json + model.safetensors) or a .safetensors/.bin file")
+    hf.add_argument("out", help="output directory")
+    hf.add_argument("--variant", help="expected variant such as B/16 (default: detected from shapes)")
+    hf.add_argument("--decoder-heads", type=int, default=16,
+                    help="decoder heads when there is no config.json (default 16)")
+
+    for name, what in (("maskjax-to-hf", "an HF folder (config.json + model.safetensors)"),
+                       ("maskjax-to-official", "an official-layout MAE .pth state dict")):
+        p = sub.add_parser(name, help=f"converted maskjax model or training workdir -> {what}")
+        p.add_argument("src", help="a converted directory (maskjax_model.json) or a training workdir")
+        p.add_argument("out", help="output folder" if name == "maskjax-to-hf" else "output .pth file")
+        p.add_argument("--step", type=int, help="checkpoint step of a training workdir (default: newest)")
+
+    for p in sub.choices.values():
+        p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    return parser
+
+
+def read_maskjax(src: str, step: int | None = None):
+    """(spec, params, extra) from a converted directory or a training work directory."""
+    from maskjax.convert import store
+
+    if os.path.exists(os.path.join(src, store.SPEC_FILE)):
+        if step is not None:
+            raise ConversionError("--step applies to training workdirs only")
+        return store.load_converted_variables(src)
+    return store.read_train_workdir(src, step)
+
+
+def _run(args) -> str:
+    if args.command == "mae-official":
+        from maskjax.convert.mae_official import convert_official_checkpoint
+
+        spec = convert_official_checkpoint(args.src, args.out, variant=args.variant, kind=args.kind,
+                                           image_size=args.image_size, decoder_heads=args.decoder_heads,
+                                           overwrite=args.overwrite)
+        return f"wrote maskjax {spec.kind} {spec.variant} @ {spec.image_size}px to {args.out}"
+    if args.command == "hf-to-maskjax":
+        from maskjax.convert.hf_vit import convert_hf_checkpoint
+
+        spec = convert_hf_checkpoint(args.src, args.out, variant=args.variant, decoder_heads=args.decoder_heads,
+                                     overwrite=args.overwrite)
+        return f"wrote maskjax {spec.kind} {spec.variant} @ {spec.image_size}px to {args.out}"
+    spec, params, extra = read_maskjax(args.src, args.step)
+    if args.command == "maskjax-to-hf":
+        from maskjax.convert.hf_vit import hf_config, save_hf
+
+        save_hf(args.out, spec, params, extra, overwrite=args.overwrite)
+        return f"wrote Hugging Face {hf_config(spec)['architectures'][0]} ({spec.variant}) to {args.out}"
+    from maskjax.convert.mae_official import maskjax_to_official
+    from maskjax.convert.torch_io import save_torch
+
+    if os.path.exists(args.out) and not args.overwrite:
+        raise FileExistsError(f"{args.out} already exists; pass --overwrite to replace it")
+    save_torch(maskjax_to_official(spec, params, extra), args.out, nest="model")
+    return f"wrote official-layout {spec.kind} {spec.variant} state dict to {args.out}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``maskjax convert``; ``argv`` excludes the program and ``convert``. Returns 0 on success."""
+    args = build_parser().parse_args(argv)
+    try:
+        message = _run(args)
+    except (ConversionError, FileNotFoundError, FileExistsError, ImportError, ValueError) as e:
+        # Problems the user can act on: the message, not a traceback.
+        print(f"maskjax convert {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    print(message)
+    if args.command in ("mae-official", "hf-to-maskjax"):
+        print(f"load it with: from maskjax.convert import load_converted; model = load_converted({args.out!r})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

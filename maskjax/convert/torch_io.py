@@ -1,0 +1,144 @@
+"""Safe reading and writing of PyTorch-world weight files (no arbitrary unpickling, ever).
+
+- ``.safetensors``: read with safetensors' numpy API (no torch needed).
+- ``.pth`` / ``.pt`` / ``.bin``: ``torch.load(..., map_location="cpu", weights_only=True)``. PyTorch's
+  weights-only unpickler builds tensors and plain containers only; a file that needs any other
+  class is refused with :class:`UnsafeCheckpointError`. One class is allow-listed:
+  ``argparse.Namespace``, which MAE's ``main_pretrain.py`` / ``main_finetune.py`` store as
+  ``"args"`` in every checkpoint they write; rebuilding it sets attributes and runs no code.
+
+torch and safetensors are optional (``pip install 'maskjax[convert]'``) and imported lazily, so
+the core library never needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+from typing import Mapping
+
+import numpy as np
+
+from maskjax.convert.common import ConversionError
+
+INSTALL_HINT = "pip install 'maskjax[convert]'"
+_NESTED_KEYS = ("model", "state_dict", "model_state", "module")
+
+
+class UnsafeCheckpointError(ConversionError):
+    """The file needs arbitrary unpickling (non-tensor objects); it was not loaded."""
+
+
+def require_torch():
+    """Imports torch, or raises an ImportError that says how to install it."""
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError(f"reading or writing PyTorch checkpoints needs PyTorch, which is an optional "
+                          f"dependency of maskjax: {INSTALL_HINT}") from e
+    return torch
+
+
+def require_safetensors():
+    """Imports ``safetensors.numpy``, or raises an ImportError that says how to install it."""
+    try:
+        import safetensors.numpy as st
+    except ImportError as e:
+        raise ImportError(f"reading or writing .safetensors files needs the safetensors package, an "
+                          f"optional dependency of maskjax: {INSTALL_HINT}") from e
+    return st
+
+
+def _to_numpy(value, key: str) -> np.ndarray:
+    torch = require_torch()
+    if not isinstance(value, torch.Tensor):
+        raise ConversionError(f"{key!r} is a {type(value).__name__}, not a tensor")
+    value = value.detach().cpu()
+    if value.is_floating_point() and value.dtype != torch.float32:
+        value = value.float()  # numpy has no bfloat16; maskjax parameters are float32 anyway
+    return value.numpy()
+
+
+def _unwrap(obj, path: str) -> Mapping:
+    torch = require_torch()
+    if not isinstance(obj, Mapping):
+        raise ConversionError(f"{path} holds a {type(obj).__name__}, not a state dict")
+    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj
+    for name in _NESTED_KEYS:  # official MAE: {"model": state_dict, ...}
+        inner = obj.get(name)
+        if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+            return inner
+    raise ConversionError(f"{path} is not a state dict and has none under {list(_NESTED_KEYS)}; "
+                          f"top-level keys: {sorted(map(str, obj))[:10]}")
+
+
+def _strip_prefix(sd: dict[str, np.ndarray], prefix: str = "module.") -> dict[str, np.ndarray]:
+    # DistributedDataParallel checkpoints prefix every key with "module.".
+    if sd and all(k.startswith(prefix) for k in sd):
+        return {k[len(prefix):]: v for k, v in sd.items()}
+    return sd
+
+
+def find_weights_file(path: str) -> str:
+    """The weights file of ``path``: itself, or ``model.safetensors`` / ``pytorch_model.bin`` in a folder."""
+    if os.path.isdir(path):
+        for name in ("model.safetensors", "pytorch_model.bin"):
+            if os.path.exists(os.path.join(path, name)):
+                return os.path.join(path, name)
+        if any(n.endswith(".index.json") for n in os.listdir(path)):
+            raise ConversionError(f"{path} holds a sharded checkpoint; maskjax reads single-file "
+                                  f"checkpoints (model.safetensors or pytorch_model.bin)")
+        raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {path}")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist")
+    return path
+
+
+def load_state_dict(path: str) -> dict[str, np.ndarray]:
+    """Reads a state dict as ``{key: float32 numpy array}`` from a file or an HF model folder.
+
+    Unwraps ``{"model": state_dict}`` (official MAE) and DDP's ``module.`` prefix. Raises
+    :class:`UnsafeCheckpointError` for pickles that need more than tensors and containers.
+    """
+    path = find_weights_file(path)
+    if path.endswith(".safetensors"):
+        st = require_safetensors()
+        try:
+            sd = st.load_file(path)
+        except (TypeError, ValueError):  # e.g. bfloat16, which numpy cannot hold: go through torch
+            import safetensors.torch
+
+            require_torch()
+            sd = {k: _to_numpy(v, k) for k, v in safetensors.torch.load_file(path).items()}
+        return _strip_prefix({k: np.asarray(v, dtype=np.float32) if v.dtype.kind == "f" else v
+                              for k, v in sd.items()})
+    torch = require_torch()
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UnsafeCheckpointError(
+            f"refused to load {path}: it contains objects other than tensors and plain containers, "
+            f"and unpickling them could run arbitrary code. maskjax only loads with "
+            f"torch.load(weights_only=True). If you trust the file, re-save just its state dict "
+            f"yourself (torch.save(torch.load(path, weights_only=False)['model'], 'clean.pth')), or "
+            f"use a .safetensors file. PyTorch said: {str(e).splitlines()[-1][:300]}") from e
+    sd = _unwrap(obj, path)
+    return _strip_prefix({str(k): _to_numpy(v, str(k)) for k, v in sd.items()})
+
+
+def save_safetensors(state_dict: Mapping[str, np.ndarray], path: str) -> str:
+    """Writes ``{key: array}`` as safetensors with the ``format: pt`` metadata transformers expects."""
+    st = require_safetensors()
+    st.save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, path, metadata={"format": "pt"})
+    return path
+
+
+def save_torch(state_dict: Mapping[str, np.ndarray], path: str, *, nest: str | None = None) -> str:
+    """Writes ``{key: array}`` with ``torch.save`` (optionally nested as ``{nest: state_dict}``)."""
+    torch = require_torch()
+    sd = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()}
+    torch.save({nest: sd} if nest else sd, path)
+    return path
