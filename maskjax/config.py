@@ -69,10 +69,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.progress = True
     c.watchdog_seconds = 0  # report a step not finished after this many seconds (0 = off)
 
-    # After pre-training: reconstruction figure and a simple linear probe of the frozen encoder.
-    c.post = ml_collections.ConfigDict(dict(
-        reconstruction=True, num_recon_images=8,
-        linear_probe=False, probe_train_examples=4000, probe_test_examples=1000, probe_epochs=100))
+    # Evaluators by name (maskjax.eval.registry): {"name": {"type": ..., "every_steps": N, ...}}.
+    # every_steps=0 runs only after training; after_training=False keeps one out of that final run.
+    c.evals = ml_collections.ConfigDict()
     return c
 
 
@@ -153,5 +152,4 @@ def smoke(config: ml_collections.ConfigDict, *, global_batch: int = 8, steps: in
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, -1, 1
     config.log_every_steps = 1
     config.checkpoint.every_steps = steps
-    config.post.reconstruction = False
-    config.post.linear_probe = False
+    config.evals = ml_collections.ConfigDict()

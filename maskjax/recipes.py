@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import ml_collections
 
-from maskjax.config import base_config, smoke
+from maskjax.config import base_config, parse_arg, smoke
+
+
+def mae_imagenet_from_arg(variant: str, arg: str | None) -> ml_collections.ConfigDict:
+    """Parses a config argument ("epochs=800|1600", "smoke") into :func:`mae_imagenet`."""
+    args = parse_arg(arg, epochs=800, smoke=False)
+    if args.epochs not in (800, 1600):
+        raise ValueError(f"the paper recipes are 800 or 1600 epochs, got {args.epochs}")
+    return mae_imagenet(variant, args.epochs, is_smoke=args.smoke)
 
 
 def mae_imagenet(variant: str, epochs: int, *, is_smoke: bool = False) -> ml_collections.ConfigDict:
@@ -39,8 +47,12 @@ def mae_imagenet(variant: str, epochs: int, *, is_smoke: bool = False) -> ml_col
     c.compute_dtype = "bfloat16"
     c.checkpoint.every_steps = 2000
     c.log_every_steps = 100
-    c.post.reconstruction = True
-    c.post.linear_probe = False
+    c.evals.reconstruction = dict(type="reconstruction", num_images=8, stats="visible")
+    c.evals.knn = dict(type="knn", every_steps=10000, train_examples=50000, test_examples=10000)
+    # The paper's probe protocol; 90 epochs at batch 16384 is a job of its own, so it runs with
+    # `maskjax eval --evals=linear_probe`, not automatically after pre-training.
+    c.evals.linear_probe = dict(type="linear_probe", epochs=90, batch_size=16384, blr=0.1,
+                                warmup_epochs=10, after_training=False)
     if is_smoke:
         smoke(c, global_batch=8, steps=2)
         c.data.num_workers = 0

@@ -24,7 +24,7 @@ def _run(workdir, devices: int, *extra):
     cmd = [sys.executable, "-m", "maskjax.train", f"--config={REPO_ROOT}/configs/mae/default.py:smoke",
            f"--workdir={workdir}", *TINY_FLAGS, f"--config.total_steps={STEPS}",
            "--config.log_every_steps=1", "--config.checkpoint.every_steps=3", "--config.progress=false",
-           "--skip_post", *extra]
+           "--skip_evals", *extra]
     proc = subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc

@@ -27,7 +27,7 @@ def _launch(workdir, num_processes, *extra):
     for pid in range(num_processes):
         cmd = [sys.executable, "-m", "maskjax.train", f"--config={REPO_ROOT}/configs/mae/default.py:smoke",
                f"--workdir={workdir}", *TINY_FLAGS, "--config.total_steps=4", "--config.log_every_steps=1",
-               "--config.checkpoint.every_steps=2", "--config.progress=false", "--skip_post",
+               "--config.checkpoint.every_steps=2", "--config.progress=false", "--skip_evals",
                "--init_timeout=60", *extra]
         if num_processes > 1:
             cmd += [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={num_processes}",

@@ -43,10 +43,9 @@ def get_config(arg=None):
     c.optim.warmup_epochs = 15.0
     c.checkpoint.every_steps = 1000
     c.log_every_steps = 50
-    c.post.reconstruction = True
-    c.post.linear_probe = True
-    c.post.probe_train_examples = 10000
-    c.post.probe_test_examples = 10000
+    c.evals.reconstruction = dict(type="reconstruction", num_images=8, stats="visible")
+    c.evals.knn = dict(type="knn", every_steps=2000, train_examples=10000, test_examples=10000)
+    c.evals.probe = dict(type="quick_probe", train_examples=10000, test_examples=10000, steps=1000)
     if args.smoke:
         smoke(c, global_batch=16)
         c.data.num_workers = 0

@@ -39,10 +39,8 @@ def get_config(arg=None):
     c.optim.weight_decay = 0.05
     c.checkpoint.every_steps = 500
     c.log_every_steps = 50
-    c.post.reconstruction = True
-    c.post.linear_probe = True
-    c.post.probe_train_examples = 4000
-    c.post.probe_test_examples = 1000
+    c.evals.reconstruction = dict(type="reconstruction", num_images=8, stats="visible")
+    c.evals.probe = dict(type="quick_probe", train_examples=4000, test_examples=1000, steps=500)
     if args.smoke:
         smoke(c, global_batch=16)
     return c

@@ -16,13 +16,9 @@ ImageNet-1K fine-tune top-1 85.9, linear probe 75.8 (paper, TF/TPU). These are t
 numbers, not a maskjax measurement; see docs/results/ for what maskjax has measured.
 """
 
-from maskjax.config import parse_arg
-from maskjax.recipes import mae_imagenet
+from maskjax.recipes import mae_imagenet_from_arg
 
 
 def get_config(arg=None):
     """MAE ViT-L/16 on ImageNet-1K; `arg`: "epochs=800|1600", "smoke"."""
-    args = parse_arg(arg, epochs=800, smoke=False)
-    if args.epochs not in (800, 1600):
-        raise ValueError(f"the paper recipes are 800 or 1600 epochs, got {args.epochs}")
-    return mae_imagenet("L/16", args.epochs, is_smoke=args.smoke)
+    return mae_imagenet_from_arg("L/16", arg)

@@ -139,6 +139,7 @@ def save_safetensors(state_dict: Mapping[str, np.ndarray], path: str) -> str:
 def save_torch(state_dict: Mapping[str, np.ndarray], path: str, *, nest: str | None = None) -> str:
     """Writes ``{key: array}`` with ``torch.save`` (optionally nested as ``{nest: state_dict}``)."""
     torch = require_torch()
-    sd = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()}
+    # torch.from_numpy needs a writable array; np.require copies only arrays that are not.
+    sd = {k: torch.from_numpy(np.require(v, requirements=["C", "W"])) for k, v in state_dict.items()}
     torch.save({nest: sd} if nest else sd, path)
     return path

@@ -32,9 +32,31 @@ from maskjax.data.transforms import (
     ResizeCenterCrop,
 )
 
-AUGMENTATIONS = ("mae", "none")
+AUGMENTATIONS = ("mae", "probe", "finetune", "none")
 # MAE pre-training crops 20%..100% of the image area.
 MAE_CROP_SCALE = (0.2, 1.0)
+
+
+def train_augmentation(augment: str, image_size: int) -> list:
+    """The training transforms (on decoded uint8 images, before Normalize) of each recipe.
+
+    - ``"mae"``: pre-training, RandomResizedCrop(scale=(0.2, 1), bicubic) + flip.
+    - ``"probe"``: MAE linear probing, the TF-style RandomResizedCrop(scale=(0.08, 1)) of MAE's
+      ``util/crop.py`` (one draw, clamped; no rejection loop) + flip.
+    - ``"finetune"``: MAE fine-tuning, RandomResizedCrop(0.08, 1) + flip + RandAugment
+      (rand-m9-mstd0.5-inc1); random erasing runs after normalisation (see
+      ``maskjax.data.augment``).
+    - ``"none"``: no augmentation (resize + center crop as in evaluation).
+    """
+    if augment == "mae":
+        return [RandomResizedCrop(image_size, scale=MAE_CROP_SCALE), RandomHorizontalFlip(0.5)]
+    if augment == "probe":
+        return [RandomResizedCrop(image_size, scale=(0.08, 1.0), tf_style=True), RandomHorizontalFlip(0.5)]
+    if augment == "finetune":
+        from maskjax.data.augment import RandAugment
+
+        return [RandomResizedCrop(image_size, scale=(0.08, 1.0)), RandomHorizontalFlip(0.5), RandAugment()]
+    return []
 
 
 class ImageLabelOnly(grain.transforms.Map):
@@ -140,15 +162,18 @@ def make_image_pipeline(
         # repeat() feeds it indices past the first epoch.
         ds = ds.shuffle(seed=_process_seed(seed, process_index, 0))
     ds = ds.map(DecodeImage())
-    if train and augment == "mae":
-        ds = ds.random_map(
-            RandomResizedCrop(image_size, scale=MAE_CROP_SCALE),
-            seed=_process_seed(seed, process_index, 1),
-        )
-        ds = ds.random_map(RandomHorizontalFlip(0.5), seed=_process_seed(seed, process_index, 2))
-    else:
+    transforms = train_augmentation(augment, image_size) if train else []
+    if not transforms:
         ds = ds.map(ResizeCenterCrop(image_size, crop_pct=crop_pct))
-    ds = ds.map(Normalize(mean, std)).map(ImageLabelOnly())
+    for stream, transform in enumerate(transforms, start=1):
+        # Each random transform gets its own per-process seed stream (1, 2, ... as before).
+        ds = ds.random_map(transform, seed=_process_seed(seed, process_index, stream))
+    ds = ds.map(Normalize(mean, std))
+    if train and augment == "finetune":
+        from maskjax.data.augment import RandomErasing
+
+        ds = ds.random_map(RandomErasing(0.25), seed=_process_seed(seed, process_index, 99))
+    ds = ds.map(ImageLabelOnly())
     ds = ds.batch(per_process_batch, drop_remainder=drop_remainder)
     # repeat() after the random maps: it forwards indices beyond the first epoch to the parents,
     # so shuffle order and crops/flips differ every epoch (grain's reseed_each_epoch).

@@ -119,6 +119,28 @@ def random_resized_crop_params(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+def tf_random_resized_crop_params(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    scale: Sequence[float] = (0.08, 1.0),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+) -> tuple[int, int, int, int]:
+    """MAE's ``util/crop.py`` "TF-style" crop box, used by its linear probe.
+
+    One draw of area and log-uniform aspect ratio, the box clamped to the image (no rejection
+    loop, no central fallback), placed uniformly at random; as BYOL's TF code.
+    """
+    target_area = height * width * rng.uniform(scale[0], scale[1])
+    aspect_ratio = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+    w = min(int(round(math.sqrt(target_area * aspect_ratio))), width)
+    h = min(int(round(math.sqrt(target_area / aspect_ratio))), height)
+    w, h = max(w, 1), max(h, 1)
+    top = int(rng.integers(0, height - h + 1))
+    left = int(rng.integers(0, width - w + 1))
+    return top, left, h, w
+
+
 class RandomResizedCrop(grain.transforms.RandomMap):
     """MAE's pre-training crop: a torchvision-style random resized crop, then bicubic resize.
 
@@ -126,6 +148,8 @@ class RandomResizedCrop(grain.transforms.RandomMap):
       size: output side length (the output is ``size x size``).
       scale: range of the crop area as a fraction of the image area (MAE uses (0.2, 1.0)).
       ratio: range of the crop aspect ratio (width / height), sampled log-uniformly.
+      tf_style: use MAE's TF-style box (:func:`tf_random_resized_crop_params`, linear probe)
+        instead of torchvision's.
     """
 
     def __init__(
@@ -133,6 +157,7 @@ class RandomResizedCrop(grain.transforms.RandomMap):
         size: int,
         scale: Sequence[float] = (0.2, 1.0),
         ratio: Sequence[float] = (3 / 4, 4 / 3),
+        tf_style: bool = False,
     ):
         if size <= 0:
             raise ValueError(f"size must be positive, got {size}")
@@ -143,12 +168,14 @@ class RandomResizedCrop(grain.transforms.RandomMap):
         self.size = int(size)
         self.scale = (float(scale[0]), float(scale[1]))
         self.ratio = (float(ratio[0]), float(ratio[1]))
+        self.tf_style = bool(tf_style)
 
     def random_map(self, element: dict, rng: np.random.Generator) -> dict:
         """Returns the element with its uint8 image cropped and resized to ``size x size``."""
         image = to_rgb_uint8(element["image"])
         height, width = image.shape[:2]
-        top, left, h, w = random_resized_crop_params(rng, height, width, self.scale, self.ratio)
+        params = tf_random_resized_crop_params if self.tf_style else random_resized_crop_params
+        top, left, h, w = params(rng, height, width, self.scale, self.ratio)
         # Crop, then resize (not PIL's resize(box=...)): that is torchvision's PIL code path, and
         # box-resizing would sample support pixels from outside the crop.
         crop = image[top : top + h, left : left + w]

@@ -13,7 +13,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. con
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, figures). "
                                "Default: runs/<config name>.")
 _STOP_AT = flags.DEFINE_integer("stop_at_step", None, "Stop (with a checkpoint) at this step, as a preemption would.")
-_NO_POST = flags.DEFINE_bool("skip_post", False, "Skip the post-training reconstruction figure and probe.")
+_NO_EVALS = flags.DEFINE_bool("skip_evals", False, "Run no evaluator (config.evals), periodic or final.")
 _COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for multi-process runs.")
 _NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
 _PID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
@@ -28,7 +28,7 @@ def _default_workdir(config_arg: str) -> str:
 
 
 def main(argv) -> None:
-    """Initialises (multi-process) JAX, trains, then runs the configured post-training steps."""
+    """Initialises (multi-process) JAX, then trains (evaluators run inside the loop)."""
     del argv
     from absl import logging as absl_logging
 
@@ -38,21 +38,16 @@ def main(argv) -> None:
 
     distributed.initialize(_COORD.value, _NPROC.value, _PID.value, auto=_AUTO.value, timeout_s=_TIMEOUT.value)
     from maskjax.train.checkpoint import DataStateMismatch
-    from maskjax.train.loop import NonFiniteLoss, open_eval_source, open_train_source, train
+    from maskjax.train.loop import NonFiniteLoss, train
     from maskjax.train.validate import ConfigError
 
     config = _CONFIG.value
     workdir = _WORKDIR.value or _default_workdir(flags.FLAGS["config"].config_filename)
     try:
-        result = train(config, workdir, stop_at_step=_STOP_AT.value)
+        result = train(config, workdir, stop_at_step=_STOP_AT.value, run_evals=not _NO_EVALS.value)
     except (ConfigError, DataStateMismatch, NonFiniteLoss) as e:
         # Problems the user can act on get their message, not a stack trace.
         sys.exit(f"maskjax: {e}")
-    if result.step >= result.total_steps and not _NO_POST.value:
-        from maskjax.eval.post import run_post_training
-
-        run_post_training(result, workdir, train_source=open_train_source(config),
-                          eval_source=open_eval_source(config))
     print(f"done: step {result.step}/{result.total_steps}, workdir {workdir}", flush=True)
 
 

@@ -104,11 +104,38 @@ def _check_finite(records: list[tuple[int, dict]], last_ckpt: int | None) -> Non
                 f"workdir to resume.")
 
 
-def train(config, workdir: str, *, stop_at_step: int | None = None) -> TrainResult:
+def host_model(template: ModelTemplate, state: dict):
+    """An NNX model with the state's parameters on this host (gathered across processes)."""
+    tree = {"params": state["params"], "extra": state["extra"]}
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        tree = multihost_utils.process_allgather(tree, tiled=True)
+    else:
+        tree = jax.device_get(tree)
+    return template.merge(tree["params"], tree["extra"])
+
+
+def evaluate(config, workdir: str, state: dict, template: ModelTemplate, method, train_source,
+             step: int, final: bool) -> dict:
+    """Runs the evaluators due at ``step`` (or the after-training ones) on ``state``."""
+    from maskjax.eval.registry import EvalContext, due, run_evaluators
+
+    names = due(config, step, final)
+    if not names:
+        return {}
+    context = EvalContext(config=config, workdir=workdir, step=step, method=method, train_source=train_source,
+                          eval_source=open_eval_source(config), final=final)
+    return run_evaluators(host_model(template, state), context, names)
+
+
+def train(config, workdir: str, *, stop_at_step: int | None = None, run_evals: bool = True) -> TrainResult:
     """Trains ``config`` in ``workdir``, resuming from the newest checkpoint there if any.
 
     ``stop_at_step`` ends the run early (with a checkpoint) as a preemption would; the schedule
     still follows the full run, so a later call continues exactly where this one stopped.
+    Evaluators in ``config.evals`` run at their interval and after the last step
+    (``run_evals=False`` skips them).
     """
     validate_config(config)
     os.makedirs(workdir, exist_ok=True)
@@ -204,6 +231,10 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> TrainResu
                     flush()
                 if step % ckpt.every_steps == 0:
                     save()
+                if run_evals and step < total_steps:
+                    results = evaluate(config, workdir, state, template, method, source, step, final=False)
+                    if results:
+                        writer.write(step, results)
             save(force=True)
     except KeyboardInterrupt:
         _say(f"interrupted at step {step}; saving a checkpoint before exiting")
@@ -215,6 +246,12 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> TrainResu
         writer.close()
     ckpt.close()
     elapsed = time.perf_counter() - run_t0
+    if run_evals and step >= total_steps:
+        results = evaluate(config, workdir, state, template, method, source, step, final=True)
+        if results:
+            writer = MetricWriter(workdir)
+            writer.write(step, results)
+            writer.close()
     return TrainResult(state=state, template=template, method=method, mesh=mesh, config=config, step=step,
                        total_steps=total_steps, history=history,
                        steps_per_sec=(step - start) / elapsed if elapsed > 0 else 0.0)

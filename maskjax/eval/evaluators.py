@@ -1,0 +1,121 @@
+"""The built-in evaluators: reconstruction figure, quick probe, MAE linear probe, kNN."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+from flax import nnx
+
+from maskjax.data.pipeline import take_arrays
+from maskjax.eval.knn import knn_accuracy
+from maskjax.eval.linear_probe import extract_features, fit_linear_probe
+from maskjax.eval.mae_probe import mae_linear_probe
+from maskjax.eval.reconstruction import reconstruction_figure
+from maskjax.eval.registry import register
+
+
+def subset(n_total: int, n: int, seed: int) -> np.ndarray:
+    """A fixed random subset (sources are often sorted by class, so never take the first n)."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.permutation(n_total)[: min(n, n_total)])
+
+
+def encoder_of(model):
+    """The ViT encoder of a model (an MAE's ``encoder`` or the model itself)."""
+    return getattr(model, "encoder", model)
+
+
+def cls_features(encoder, images: np.ndarray) -> np.ndarray:
+    """Frozen cls-token features after the encoder's final norm."""
+    apply = jax.jit(lambda enc, x: enc(x)[1]["cls"])
+    return extract_features(lambda x: apply(encoder, x), images)
+
+
+def _num_classes(*label_arrays) -> int:
+    return int(max(int(np.max(y)) for y in label_arrays) + 1)
+
+
+def source_classes(source, options) -> int:
+    """Number of classes: ``options.num_classes`` or the source's ``class_names``."""
+    if options.get("num_classes"):
+        return int(options.num_classes)
+    names = getattr(source, "class_names", None)
+    if not names:
+        raise ValueError("the data source does not list its classes; set num_classes in the evaluator options")
+    return len(names)
+
+
+def _say(message: str) -> None:
+    if jax.process_index() == 0:
+        print(message, flush=True)
+
+
+@register("reconstruction")
+def reconstruction(model, options, ctx) -> dict:
+    """Writes ``reconstruction[_step].png``: original | masked | reconstruction."""
+    config = ctx.config
+    idx = subset(len(ctx.eval_source), options.get("num_images", 8), seed=1)
+    images, _ = take_arrays(ctx.eval_source, idx, config.data.image_size, crop_pct=config.data.crop_pct)
+    name = "reconstruction.png" if ctx.final else f"reconstruction_{ctx.step}.png"
+    path = os.path.join(ctx.workdir, name)
+    reconstruction_figure(model, images, jax.random.key(0), config.masking.ratio, config.loss.norm_pix, path,
+                          stats=options.get("stats", "visible"))
+    _say(f"wrote {path}")
+    return {}
+
+
+def _probe_data(options, ctx):
+    config = ctx.config
+    tr = subset(len(ctx.train_source), options.get("train_examples", 4000), seed=2)
+    te = subset(len(ctx.eval_source), options.get("test_examples", 1000), seed=3)
+    xtr, ytr = take_arrays(ctx.train_source, tr, config.data.image_size, crop_pct=config.data.crop_pct)
+    xte, yte = take_arrays(ctx.eval_source, te, config.data.image_size, crop_pct=config.data.crop_pct)
+    return xtr, ytr, xte, yte
+
+
+@register("quick_probe")
+def quick_probe(model, options, ctx) -> dict:
+    """Standardised frozen cls features + softmax regression, against a random-init encoder."""
+    xtr, ytr, xte, yte = _probe_data(options, ctx)
+    classes = _num_classes(ytr, yte)
+    steps = options.get("steps", 500)
+    enc = encoder_of(model)
+    trained = fit_linear_probe(cls_features(enc, xtr), ytr, cls_features(enc, xte), yte, classes, steps=steps)
+    out = {"top1": trained["test_accuracy"]}
+    if options.get("random_baseline", True):
+        random_model = ctx.method.build(nnx.Rngs(params=jax.random.key(ctx.config.seed + 12345)))
+        renc = encoder_of(random_model)
+        base = fit_linear_probe(cls_features(renc, xtr), ytr, cls_features(renc, xte), yte, classes, steps=steps)
+        out["random_init_top1"] = base["test_accuracy"]
+    _say(f"linear probe (frozen cls feature, {len(ytr)} train / {len(yte)} test images): top-1 "
+         f"{100 * out['top1']:.1f}% pre-trained"
+         + (f" vs {100 * out['random_init_top1']:.1f}% random-init encoder" if "random_init_top1" in out else ""))
+    return out
+
+
+@register("knn")
+def knn(model, options, ctx) -> dict:
+    """Cosine kNN (k=20, T=0.07) on frozen cls features of the training and held-out splits."""
+    xtr, ytr, xte, yte = _probe_data(options, ctx)
+    enc = encoder_of(model)
+    acc = knn_accuracy(cls_features(enc, xtr), ytr, cls_features(enc, xte), yte, _num_classes(ytr, yte),
+                       k=options.get("k", 20), temperature=options.get("temperature", 0.07))
+    _say(f"kNN (k={options.get('k', 20)}): top-1 {100 * acc:.1f}%")
+    return {"top1": acc}
+
+
+@register("linear_probe")
+def linear_probe(model, options, ctx) -> dict:
+    """MAE's linear-probe protocol (LARS, BatchNorm without affine, TF-style crops)."""
+    config = ctx.config
+    out = mae_linear_probe(
+        encoder_of(model), ctx.train_source, ctx.eval_source, image_size=config.data.image_size,
+        num_classes=source_classes(ctx.train_source, options),
+        epochs=options.get("epochs", 90), batch_size=options.get("batch_size", 16384),
+        blr=options.get("blr", 0.1), warmup_epochs=options.get("warmup_epochs", 10),
+        crop_pct=config.data.crop_pct, cache_features=options.get("cache_features", False),
+        seed=config.seed, max_eval=options.get("max_eval", None))
+    _say(f"MAE linear probe: top-1 {100 * out['top1']:.1f}%")
+    return out

@@ -1,0 +1,48 @@
+"""ViTClassifier: the MAE fine-tune head (global pool + fc_norm) and the cls-token head."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from maskjax.models.classifier import ViTClassifier
+from maskjax.models.layers import Buffer
+
+
+def test_global_pool_head_drops_the_final_norm_and_learns_positions():
+    model = ViTClassifier("mu/4", image_size=16, num_classes=10, rngs=nnx.Rngs(0))
+    assert model.encoder.norm is None and model.fc_norm is not None
+    assert isinstance(model.encoder.pos_embed, nnx.Param)
+    _, params, extra = nnx.split(model, nnx.Param, ...)
+    assert "pos_embed" in nnx.to_pure_dict(params)["encoder"] and not jax.tree.leaves(extra)
+    head = np.asarray(model.head.kernel[...])
+    assert head.shape == (32, 10) and 1e-5 < head.std() < 4e-5 and not np.any(model.head.bias[...])
+    logits, aux = model(jnp.zeros((2, 16, 16, 3)))
+    assert logits.shape == (2, 10) and aux["features"].shape == (2, 32)
+
+
+def test_cls_head_and_fixed_positions():
+    model = ViTClassifier("mu/4", image_size=16, num_classes=3, pool="cls", learned_pos_embed=False, rngs=nnx.Rngs(0))
+    assert model.fc_norm is None and model.encoder.norm is not None
+    assert isinstance(model.encoder.pos_embed, Buffer)
+    x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+    tokens, _ = model.encoder(x)  # the encoder's own forward: final norm, all tokens
+    np.testing.assert_allclose(model.features(x), tokens[:, 0], rtol=1e-6, atol=1e-6)
+
+
+def test_drop_path_is_active_only_with_a_key():
+    model = ViTClassifier("mu/4", image_size=16, num_classes=3, drop_path=0.5, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (4, 16, 16, 3))
+    a, _ = model(x)
+    b, _ = model(x)
+    c, _ = model(x, drop_key=jax.random.key(2))
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="pool must be one of"):
+        ViTClassifier("mu/4", image_size=16, num_classes=3, pool="mean", rngs=nnx.Rngs(0))
