@@ -9,6 +9,8 @@ USAGE = """usage: maskjax <command> [options]
 commands:
   train            pre-train from a config (maskjax train --config configs/mae/default.py)
   convert-images   convert an ImageFolder directory or tar into ArrayRecord shards
+  eval             run evaluators on a checkpoint (maskjax eval --config ... --workdir ...)
+  plot             training curves of a run as a PNG (maskjax plot WORKDIR)
 """
 
 
@@ -28,6 +30,14 @@ def main(argv: list[str] | None = None) -> int:
         from maskjax.data.convert import main as convert_main
 
         return convert_main(rest)
+    if command == "eval":
+        from maskjax.eval.cli import eval_main
+
+        return eval_main(rest)
+    if command == "plot":
+        from maskjax.eval.cli import plot_main
+
+        return plot_main(rest)
     print(f"maskjax: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

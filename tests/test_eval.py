@@ -144,3 +144,21 @@ def test_evaluators_run_periodically_and_after_training(tiny, tmp_path):
     assert {"eval/knn/top1", "eval/probe/top1"} <= set(lines[1])             # after training: all
     assert os.path.exists(tmp_path / "reconstruction.png")
     assert 0.0 <= lines[1]["eval/probe/top1"] <= 1.0
+
+
+def test_eval_command_on_a_checkpoint_and_curves(tiny, tmp_path):
+    from maskjax.cli import main as cli_main
+
+    config = tiny(**{"total_steps": 2, "log_every_steps": 1})
+    train(config, str(tmp_path))
+    cfg = "configs/mae/default.py"
+    base = ["--override", "model.variant=mu/4", "--override", "data.image_size=16", "--override",
+            "model.decoder_width=32", "--override", "model.decoder_depth=1", "--override", "model.decoder_heads=2"]
+    # an evaluator the config does not define is a clear error, not a crash
+    assert cli_main(["maskjax", "eval", "--config", cfg, "--workdir", str(tmp_path), "--evals", "nope", *base]) == 2
+    assert not os.path.exists(tmp_path / "reconstruction.png")
+    assert cli_main(["maskjax", "eval", "--config", cfg, "--workdir", str(tmp_path), "--evals", "reconstruction",
+                     *base]) == 0
+    assert os.path.exists(tmp_path / "reconstruction.png")
+    assert cli_main(["maskjax", "plot", str(tmp_path)]) == 0
+    assert os.path.getsize(tmp_path / "curves.png") > 1000

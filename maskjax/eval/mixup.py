@@ -46,16 +46,21 @@ def mix_params(key: jax.Array, height: int, width: int, *, mixup_alpha: float = 
     """
     if mixup_alpha <= 0 and cutmix_alpha <= 0:
         raise ValueError("one of mixup_alpha > 0 or cutmix_alpha > 0 is required")
-    k_apply, k_switch, k_mix, k_cut, k_cy, k_cx = jax.random.split(key, 6)
+    k_apply, k_switch, k_lam, k_cy, k_cx = jax.random.split(key, 5)
     applied = jax.random.uniform(k_apply) < prob
     if mixup_alpha > 0 and cutmix_alpha > 0:
         use_cutmix = jax.random.uniform(k_switch) < switch_prob
     else:
         use_cutmix = jnp.asarray(cutmix_alpha > 0)
     use_cutmix = jnp.logical_and(applied, use_cutmix)
-    # Only the chosen draw is used; the other alpha may be 0 (then its beta draw is not made).
-    lam_mix = jax.random.beta(k_mix, mixup_alpha, mixup_alpha) if mixup_alpha > 0 else jnp.float32(1.0)
-    lam_cut = jax.random.beta(k_cut, cutmix_alpha, cutmix_alpha) if cutmix_alpha > 0 else jnp.float32(1.0)
+    # Both Beta draws from one log-gamma call: Beta(a, a) = G1 / (G1 + G2) =
+    # sigmoid(log G1 - log G2). jax.random.beta would build two gamma rejection loops, which
+    # dominate compile time; log space keeps small alphas stable (as jax.random.beta does).
+    # A disabled method (alpha 0) gets a placeholder alpha of 1; its lam is never used.
+    alphas = jnp.asarray([mixup_alpha or 1.0] * 2 + [cutmix_alpha or 1.0] * 2, jnp.float32)
+    log_g = jax.random.loggamma(k_lam, alphas)
+    lam_mix = jax.nn.sigmoid(log_g[0] - log_g[1])
+    lam_cut = jax.nn.sigmoid(log_g[2] - log_g[3])
     lam = jnp.where(use_cutmix, lam_cut, lam_mix).astype(jnp.float32)
 
     # timm rand_bbox: cut side int(H * sqrt(1 - lam)), centre uniform in [0, H), half-sides

@@ -11,6 +11,9 @@ from flax import nnx
 from maskjax.models.classifier import ViTClassifier
 from maskjax.models.layers import Buffer
 
+# Compiled calls: on CPU one XLA program is much faster to build than one per operation.
+_call = nnx.jit(lambda model, x, key: model(x, drop_key=key))
+
 
 def test_global_pool_head_drops_the_final_norm_and_learns_positions():
     model = ViTClassifier("mu/4", image_size=16, num_classes=10, rngs=nnx.Rngs(0))
@@ -20,7 +23,7 @@ def test_global_pool_head_drops_the_final_norm_and_learns_positions():
     assert "pos_embed" in nnx.to_pure_dict(params)["encoder"] and not jax.tree.leaves(extra)
     head = np.asarray(model.head.kernel[...])
     assert head.shape == (32, 10) and 1e-5 < head.std() < 4e-5 and not np.any(model.head.bias[...])
-    logits, aux = model(jnp.zeros((2, 16, 16, 3)))
+    logits, aux = _call(model, jnp.zeros((2, 16, 16, 3)), None)
     assert logits.shape == (2, 10) and aux["features"].shape == (2, 32)
 
 
@@ -29,16 +32,17 @@ def test_cls_head_and_fixed_positions():
     assert model.fc_norm is None and model.encoder.norm is not None
     assert isinstance(model.encoder.pos_embed, Buffer)
     x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
-    tokens, _ = model.encoder(x)  # the encoder's own forward: final norm, all tokens
-    np.testing.assert_allclose(model.features(x), tokens[:, 0], rtol=1e-6, atol=1e-6)
+    tokens, _ = nnx.jit(lambda m, y: m.encoder(y))(model, x)  # the encoder's own forward: final norm, all tokens
+    features = nnx.jit(lambda m, y: m.features(y))(model, x)
+    np.testing.assert_allclose(features, tokens[:, 0], rtol=1e-6, atol=1e-6)
 
 
 def test_drop_path_is_active_only_with_a_key():
     model = ViTClassifier("mu/4", image_size=16, num_classes=3, drop_path=0.5, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(1), (4, 16, 16, 3))
-    a, _ = model(x)
-    b, _ = model(x)
-    c, _ = model(x, drop_key=jax.random.key(2))
+    a, _ = _call(model, x, None)
+    b, _ = _call(model, x, None)
+    c, _ = _call(model, x, jax.random.key(2))
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
 
