@@ -21,10 +21,22 @@ def _batch(seed=0):
     return jnp.asarray(images), jnp.asarray(LABELS)
 
 
-# prob and label_smoothing are traced, so all default-alpha calls share one compilation.
-_mix = jax.jit(lambda key, x, y, smoothing=0.1, prob=1.0: mx.mixup_cutmix(
+_jit_mix = jax.jit(lambda key, x, y, smoothing, prob: mx.mixup_cutmix(
     key, x, y, N, label_smoothing=smoothing, prob=prob, return_params=True))
-_params = jax.jit(jax.vmap(lambda k, prob: mx.mix_params(k, H, W, prob=prob), in_axes=(0, None)))
+
+
+def _mix(key, x, y, smoothing=0.1, prob=1.0):
+    # prob and label_smoothing are passed as traced arrays, so every call shares one compilation.
+    return _jit_mix(key, x, y, jnp.float32(smoothing), jnp.float32(prob))
+
+# All mix_params hyper-parameters are traced: one compilation for every configuration.
+_params = jax.jit(jax.vmap(lambda k, prob, mixup_alpha, cutmix_alpha: mx.mix_params(
+    k, H, W, prob=prob, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha), in_axes=(0, None, None, None)))
+
+
+def _draws(keys, prob=1.0, mixup_alpha=0.8, cutmix_alpha=1.0):
+    args = (jnp.float32(prob), jnp.float32(mixup_alpha), jnp.float32(cutmix_alpha))
+    return jax.tree.map(np.asarray, _params(keys, *args))
 
 
 def _first(params):
@@ -87,7 +99,7 @@ def test_mixup_blend_and_cutmix_box():
 
 def test_switch_probability_lam_distribution_and_prob():
     keys = jax.random.split(jax.random.key(0), 2000)
-    params = jax.tree.map(np.asarray, _params(keys, 1.0))
+    params = _draws(keys)
     sd = 5 * math.sqrt(0.25 / 2000)
     assert abs(params["use_cutmix"].mean() - 0.5) < sd
     assert params["applied"].all()
@@ -101,20 +113,19 @@ def test_switch_probability_lam_distribution_and_prob():
     area = (params["yh"] - params["yl"]) * (params["xh"] - params["xl"])
     np.testing.assert_allclose(params["lam"][cut], 1 - area[cut] / (H * W), atol=1e-6)
     assert params["lam"][cut].mean() > 0.5
-    half = jax.tree.map(np.asarray, _params(keys, 0.5))
+    half = _draws(keys, prob=0.5)
     assert abs(half["applied"].mean() - 0.5) < sd
     assert (half["lam"][~half["applied"]] == 1.0).all()
     assert not half["use_cutmix"][~half["applied"]].any()
 
 
 def test_single_method_configs():
-    def both(k):
-        return (mx.mix_params(k, H, W, mixup_alpha=0.0, cutmix_alpha=1.0),
-                mx.mix_params(k, H, W, mixup_alpha=0.8, cutmix_alpha=0.0))
-
-    only_cut, only_mix = jax.jit(jax.vmap(both))(jax.random.split(jax.random.key(1), 200))
-    assert bool(only_cut["use_cutmix"].all()) and not bool(only_mix["use_cutmix"].any())
-    assert 0.2 < float(only_mix["lam"].mean()) < 0.8
+    keys = jax.random.split(jax.random.key(1), 400)
+    only_cut = _draws(keys, mixup_alpha=0.0, cutmix_alpha=1.0)
+    only_mix = _draws(keys, mixup_alpha=0.8, cutmix_alpha=0.0)
+    assert only_cut["use_cutmix"].all() and not only_mix["use_cutmix"].any()
+    # CutMix lam ~ Beta(1, 1) = U(0, 1) before the box correction.
+    assert 0.4 < only_mix["lam"].mean() < 0.6 and 0.45 < only_cut["lam"].mean() < 0.7
     with pytest.raises(ValueError):
         mx.mix_params(jax.random.key(0), H, W, mixup_alpha=0.0, cutmix_alpha=0.0)
 

@@ -27,6 +27,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+
+def _is_number(value) -> bool:
+    """True for concrete Python / numpy scalars (not tracers), which can be validated eagerly."""
+    return isinstance(value, (int, float, np.integer, np.floating))
 
 
 def smooth_one_hot(labels: jax.Array, num_classes: int, smoothing: float = 0.0) -> jax.Array:
@@ -42,23 +48,27 @@ def mix_params(key: jax.Array, height: int, width: int, *, mixup_alpha: float = 
 
     Returns a dict of scalars: ``applied`` (bool), ``use_cutmix`` (bool), ``lam`` (float32, the
     target weight of the un-flipped sample; CutMix's is area-corrected; 1.0 when not applied)
-    and the box ``yl, yh, xl, xh`` (int32, half-open; empty unless CutMix).
+    and the box ``yl, yh, xl, xh`` (int32, half-open; empty unless CutMix). All four
+    hyper-parameters may be traced values (one compilation serves every setting); concrete ones
+    are validated (at least one alpha must be > 0).
     """
-    if mixup_alpha <= 0 and cutmix_alpha <= 0:
+    if _is_number(mixup_alpha) and _is_number(cutmix_alpha) and mixup_alpha <= 0 and cutmix_alpha <= 0:
         raise ValueError("one of mixup_alpha > 0 or cutmix_alpha > 0 is required")
+    mixup_alpha = jnp.asarray(mixup_alpha, jnp.float32)
+    cutmix_alpha = jnp.asarray(cutmix_alpha, jnp.float32)
     k_apply, k_switch, k_lam, k_cy, k_cx = jax.random.split(key, 5)
     applied = jax.random.uniform(k_apply) < prob
-    if mixup_alpha > 0 and cutmix_alpha > 0:
-        use_cutmix = jax.random.uniform(k_switch) < switch_prob
-    else:
-        use_cutmix = jnp.asarray(cutmix_alpha > 0)
+    # timm: with both methods on, CutMix with prob switch_prob; with one, always that one.
+    use_cutmix = jnp.where((mixup_alpha > 0) & (cutmix_alpha > 0),
+                           jax.random.uniform(k_switch) < switch_prob, cutmix_alpha > 0)
     use_cutmix = jnp.logical_and(applied, use_cutmix)
     # Both Beta draws from one log-gamma call: Beta(a, a) = G1 / (G1 + G2) =
     # sigmoid(log G1 - log G2). jax.random.beta would build two gamma rejection loops, which
     # dominate compile time; log space keeps small alphas stable (as jax.random.beta does).
     # A disabled method (alpha 0) gets a placeholder alpha of 1; its lam is never used.
-    alphas = jnp.asarray([mixup_alpha or 1.0] * 2 + [cutmix_alpha or 1.0] * 2, jnp.float32)
-    log_g = jax.random.loggamma(k_lam, alphas)
+    safe_mix = jnp.where(mixup_alpha > 0, mixup_alpha, 1.0)
+    safe_cut = jnp.where(cutmix_alpha > 0, cutmix_alpha, 1.0)
+    log_g = jax.random.loggamma(k_lam, jnp.stack([safe_mix, safe_mix, safe_cut, safe_cut]))
     lam_mix = jax.nn.sigmoid(log_g[0] - log_g[1])
     lam_cut = jax.nn.sigmoid(log_g[2] - log_g[3])
     lam = jnp.where(use_cutmix, lam_cut, lam_mix).astype(jnp.float32)

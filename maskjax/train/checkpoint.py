@@ -60,9 +60,11 @@ class Checkpointer:
 
         ``expected`` holds this run's ``process_count`` and ``num_workers``.
         """
-        meta = self.read_meta(step)
-        problems = [f"{k}: saved {meta.get(k)!r}, now {expected[k]!r}"
-                    for k in ("process_count", "num_workers") if meta.get(k) != expected[k]]
+        problems = []
+        if data_iter is not None:
+            meta = self.read_meta(step)
+            problems = [f"{k}: saved {meta.get(k)!r}, now {expected[k]!r}"
+                        for k in ("process_count", "num_workers") if meta.get(k) != expected[k]]
         restore_data = data_iter is not None and not problems
         if problems and data_iter is not None:
             message = (f"checkpoint step {step} in {self.directory} was written with a different data "
