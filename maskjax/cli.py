@@ -11,6 +11,7 @@ commands:
   convert-images   convert an ImageFolder directory or tar into ArrayRecord shards
   eval             run evaluators on a checkpoint (maskjax eval --config ... --workdir ...)
   plot             training curves of a run as a PNG (maskjax plot WORKDIR)
+  repro            run a reproduction table into docs/results (maskjax repro --list)
 """
 
 
@@ -34,6 +35,14 @@ def main(argv: list[str] | None = None) -> int:
         from maskjax.eval.cli import eval_main
 
         return eval_main(rest)
+    if command == "repro":
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()  # grain workers read absl flags
+        from maskjax.repro import main as repro_main
+
+        return repro_main(rest)
     if command == "plot":
         from maskjax.eval.cli import plot_main
 

@@ -201,3 +201,12 @@ def test_finetune_transforms_order_and_output():
     ev = aug.finetune_eval_transforms(224)
     assert ev[0].crop_pct == 0.875 and int(ev[0].size / ev[0].crop_pct) == 256
     assert aug.finetune_eval_transforms(384)[0].crop_pct == 1.0
+
+
+def test_transforms_pickle():
+    # grain ships transforms to worker processes by pickling them.
+    import pickle
+
+    for t in (aug.RandAugment(), aug.RandomErasing()):
+        clone = pickle.loads(pickle.dumps(t))
+        assert vars(clone) == vars(t)

@@ -84,7 +84,11 @@ def _strip_vit(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def _shape(sd, key) -> tuple[int, ...]:
     if key not in sd:
-        raise ConversionError(f"not a Hugging Face ViT / ViTMAE checkpoint: no {key!r} (first keys: {sorted(sd)[:6]})")
+        hint = ""
+        if "patch_embed.proj.weight" in sd:
+            hint = "; it looks like an official MAE / timm checkpoint: use `maskjax convert mae-official`"
+        raise ConversionError(f"not a Hugging Face ViT / ViTMAE checkpoint: no {key!r} "
+                              f"(first keys: {sorted(sd)[:4]}){hint}")
     return tuple(int(s) for s in sd[key].shape)
 
 

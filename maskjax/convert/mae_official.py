@@ -47,8 +47,11 @@ def size_name(width: int, depth: int, mlp_ratio: float, *, where: str) -> str:
 
 def _shape(sd: Mapping[str, Any], key: str) -> tuple[int, ...]:
     if key not in sd:
+        hint = ""
+        if any(k.startswith(("vit.", "embeddings.", "decoder.decoder_")) for k in sd):
+            hint = "; it looks like a Hugging Face checkpoint: use `maskjax convert hf-to-maskjax`"
         raise ConversionError(f"not an official MAE / timm ViT checkpoint: no {key!r} "
-                              f"(first keys: {sorted(sd)[:6]})")
+                              f"(first keys: {sorted(sd)[:4]}){hint}")
     return tuple(int(s) for s in sd[key].shape)
 
 

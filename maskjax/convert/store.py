@@ -243,7 +243,7 @@ def read_train_workdir(workdir: str, step: int | None = None) -> tuple[ModelSpec
                      mask_ratio=float(config["masking"]["ratio"]), source=f"maskjax run {workdir}")
     manager = ocp.CheckpointManager(ckpt_dir, item_names=("state",),
                                     item_handlers={"state": ocp.PyTreeCheckpointHandler()},
-                                    options=ocp.CheckpointManagerOptions(read_only=True))
+                                    options=ocp.CheckpointManagerOptions(create=False))
     step = manager.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {ckpt_dir}")

@@ -388,3 +388,20 @@ def open_image_source(
             raise ValueError("kind='tfds' needs a dataset name and a split")
         return TfdsImageSource(name, split, data_dir=data_dir)
     raise ValueError(f"unknown image source kind {kind!r}; expected one of {', '.join(SOURCE_KINDS)}")
+
+
+class SubsetSource:
+    """The first ``n`` items of a fixed random permutation of ``source`` (keeps ``class_names``)."""
+
+    def __init__(self, source, n: int, seed: int = 0):
+        import numpy as _np
+
+        self.source = source
+        self.indices = _np.sort(_np.random.default_rng(seed).permutation(len(source))[: min(n, len(source))])
+        self.class_names = getattr(source, "class_names", None)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.source[int(self.indices[i])]

@@ -9,6 +9,7 @@ import numpy as np
 from flax import nnx
 
 from maskjax.data.pipeline import take_arrays
+from maskjax.eval.finetune import mae_finetune
 from maskjax.eval.knn import knn_accuracy
 from maskjax.eval.linear_probe import extract_features, fit_linear_probe
 from maskjax.eval.mae_probe import mae_linear_probe
@@ -116,6 +117,20 @@ def linear_probe(model, options, ctx) -> dict:
         epochs=options.get("epochs", 90), batch_size=options.get("batch_size", 16384),
         blr=options.get("blr", 0.1), warmup_epochs=options.get("warmup_epochs", 10),
         crop_pct=config.data.crop_pct, cache_features=options.get("cache_features", False),
-        seed=config.seed, max_eval=options.get("max_eval", None))
+        seed=config.seed, max_eval=options.get("max_eval", None), train_examples=options.get("train_examples", None))
     _say(f"MAE linear probe: top-1 {100 * out['top1']:.1f}%")
+    return out
+
+
+@register("finetune")
+def finetune(model, options, ctx) -> dict:
+    """MAE's fine-tuning protocol (layer decay, drop path, mixup/cutmix, RandAugment, erasing)."""
+    config = ctx.config
+    keys = ("epochs", "batch_size", "blr", "layer_decay", "drop_path", "weight_decay", "warmup_epochs",
+            "min_lr", "mixup", "cutmix", "label_smoothing", "pool", "augment", "max_eval", "train_examples")
+    kwargs = {k: options[k] for k in keys if k in options}
+    out = mae_finetune(encoder_of(model), ctx.train_source, ctx.eval_source, image_size=config.data.image_size,
+                       num_classes=source_classes(ctx.train_source, options), crop_pct=config.data.crop_pct,
+                       seed=config.seed, variant=config.model.variant, **kwargs)
+    _say(f"MAE fine-tune: top-1 {100 * out['top1']:.1f}% after {out['steps']} steps")
     return out

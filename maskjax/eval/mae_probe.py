@@ -73,8 +73,17 @@ def _features_fn(encoder) -> Callable:
 def mae_linear_probe(encoder: Any, train_source, eval_source, *, image_size: int, num_classes: int,
                      epochs: int = 90, batch_size: int = 16384, blr: float = 0.1, warmup_epochs: float = 10,
                      crop_pct: float = 0.875, cache_features: bool = False, seed: int = 0,
-                     max_eval: int | None = None) -> dict[str, float]:
+                     max_eval: int | None = None, train_examples: int | None = None) -> dict[str, float]:
     """Trains the MAE probe head on a frozen ``encoder`` (a maskjax ViT); returns top-1 accuracy."""
+    if train_examples:
+        from maskjax.data.sources import SubsetSource
+
+        train_source = SubsetSource(train_source, train_examples, seed)
+    if max_eval:
+        from maskjax.data.sources import SubsetSource
+
+        # A random subset: sources are usually sorted by class, so the first n would be one class.
+        eval_source = SubsetSource(eval_source, max_eval, seed + 1)
     features = _features_fn(encoder)
     n_train = len(train_source)
     batch_size = min(batch_size, n_train)
@@ -110,7 +119,7 @@ def mae_linear_probe(encoder: Any, train_source, eval_source, *, image_size: int
                                  seed=seed, augment="probe", process_index=0, process_count=1, num_epochs=epochs)
         for batch in ds:
             state, loss = step(state, features(jnp.asarray(batch["image"])), jnp.asarray(batch["label"]))
-    n_eval = len(eval_source) if max_eval is None else min(max_eval, len(eval_source))
+    n_eval = len(eval_source)
     correct = 0
     for start in range(0, n_eval, 512):
         xe, ye = take_arrays(eval_source, range(start, min(start + 512, n_eval)), image_size, crop_pct=crop_pct)

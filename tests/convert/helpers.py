@@ -115,6 +115,26 @@ def hf_from_folder(cls_name: str, folder: str, **kwargs):
     return model.eval()
 
 
+def hf_from_variables(cls_name: str, spec: ModelSpec, params: dict, extra: dict):
+    """The HF model holding maskjax variables, loaded by ``from_pretrained`` from memory.
+
+    Same loading path as a folder (key renaming, strict checks) without writing ViT-B's 450 MB.
+    """
+    import torch
+    import transformers
+
+    from maskjax.convert.hf_vit import maskjax_to_hf
+
+    sd, config = maskjax_to_hf(spec, params, extra)
+    config_cls = transformers.ViTMAEConfig if config.pop("model_type") == "vit_mae" else transformers.ViTConfig
+    config.pop("architectures")
+    model, info = getattr(transformers, cls_name).from_pretrained(
+        None, config=config_cls(**config), state_dict={k: torch.from_numpy(v) for k, v in sd.items()},
+        output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info.get("mismatched_keys"), info
+    return model.eval()
+
+
 def official_from_hf(hf, kind: str, pool: str = "gap", head=None) -> dict[str, np.ndarray]:
     """An official-MAE (timm-named) state dict built from an HF torch module's *attributes*.
 
