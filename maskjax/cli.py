@@ -9,6 +9,7 @@ USAGE = """usage: maskjax <command> [options]
 commands:
   train            pre-train from a config (maskjax train --config configs/mae/default.py)
   convert-images   convert an ImageFolder directory or tar into ArrayRecord shards
+  convert          checkpoints: official MAE / Hugging Face <-> maskjax (maskjax convert -h)
   eval             run evaluators on a checkpoint (maskjax eval --config ... --workdir ...)
   plot             training curves of a run as a PNG (maskjax plot WORKDIR)
   repro            run a reproduction table into docs/results (maskjax repro --list)
@@ -31,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
         from maskjax.data.convert import main as convert_main
 
         return convert_main(rest)
+    if command == "convert":
+        from maskjax.convert.cli import main as convert_checkpoints
+
+        return convert_checkpoints(rest)
     if command == "eval":
         from maskjax.eval.cli import eval_main
 

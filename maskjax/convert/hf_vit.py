@@ -165,9 +165,11 @@ def _layer_rules(src: str, dst: tuple[str, ...]) -> list[Rule]:
     for name, layer in (("attention.output.dense", "attn.proj"), ("intermediate.dense", "mlp.fc1"),
                         ("output.dense", "mlp.fc2")):
         path = dst + tuple(layer.split("."))
-        rules += [linear_rule(path + ("kernel",), f"{src}.{name}.weight"), copy_rule(path + ("bias",), f"{src}.{name}.bias")]
+        rules += [linear_rule(path + ("kernel",), f"{src}.{name}.weight"),
+                  copy_rule(path + ("bias",), f"{src}.{name}.bias")]
     for name, norm in (("layernorm_before", "norm1"), ("layernorm_after", "norm2")):
-        rules += [copy_rule(dst + (norm, "scale"), f"{src}.{name}.weight"), copy_rule(dst + (norm, "bias"), f"{src}.{name}.bias")]
+        rules += [copy_rule(dst + (norm, "scale"), f"{src}.{name}.weight"),
+                  copy_rule(dst + (norm, "bias"), f"{src}.{name}.bias")]
     return rules
 
 

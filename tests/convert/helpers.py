@@ -160,11 +160,13 @@ def official_from_hf(hf, kind: str, pool: str = "gap", head=None) -> dict[str, n
         fc1 = layer.mlp.fc1 if hasattr(layer, "mlp") else layer.intermediate.dense
         fc2 = layer.mlp.fc2 if hasattr(layer, "mlp") else layer.output.dense
         sd.update({
-            f"{prefix}.norm1.weight": t(layer.layernorm_before.weight), f"{prefix}.norm1.bias": t(layer.layernorm_before.bias),
+            f"{prefix}.norm1.weight": t(layer.layernorm_before.weight),
+            f"{prefix}.norm1.bias": t(layer.layernorm_before.bias),
             f"{prefix}.attn.qkv.weight": np.concatenate([t(q.weight), t(k.weight), t(v.weight)], 0),
             f"{prefix}.attn.qkv.bias": np.concatenate([t(q.bias), t(k.bias), t(v.bias)], 0),
             f"{prefix}.attn.proj.weight": t(o.weight), f"{prefix}.attn.proj.bias": t(o.bias),
-            f"{prefix}.norm2.weight": t(layer.layernorm_after.weight), f"{prefix}.norm2.bias": t(layer.layernorm_after.bias),
+            f"{prefix}.norm2.weight": t(layer.layernorm_after.weight),
+            f"{prefix}.norm2.bias": t(layer.layernorm_after.bias),
             f"{prefix}.mlp.fc1.weight": t(fc1.weight), f"{prefix}.mlp.fc1.bias": t(fc1.bias),
             f"{prefix}.mlp.fc2.weight": t(fc2.weight), f"{prefix}.mlp.fc2.bias": t(fc2.bias)})
 

@@ -99,7 +99,8 @@ def test_finetuned_global_pool_checkpoint_matches_torch_reference(hf_classifier)
     logits, _ = apply(merge_model(spec, params, extra), jnp.asarray(images))
     with torch.no_grad():
         hidden = hf.vit(nchw(images), output_hidden_states=True).hidden_states[-1]  # last block, before norm
-        pooled = torch.nn.functional.layer_norm(hidden[:, 1:].mean(1), (32,), torch.from_numpy(fc_norm["fc_norm.weight"]),
+        pooled = torch.nn.functional.layer_norm(hidden[:, 1:].mean(1), (32,),
+                                                torch.from_numpy(fc_norm["fc_norm.weight"]),
                                                 torch.from_numpy(fc_norm["fc_norm.bias"]), eps=1e-6)
         ref = hf.classifier(pooled).numpy()
     assert_close("official finetuned (global pool) mu4 logits", logits, ref)

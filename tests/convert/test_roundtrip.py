@@ -145,7 +145,8 @@ def test_hf_config_mismatches_are_refused():
 def test_hf_missing_and_misshapen_keys_are_named():
     sd, config = _hf()
     broken = {k: v for k, v in sd.items() if k != "decoder.decoder_layers.1.attention.attention.key.bias"}
-    with pytest.raises(ConversionError, match=r"missing 1 key.*'decoder\.decoder_layers\.1\.attention\.attention\.key\.bias'"):
+    key = r"'decoder\.decoder_layers\.1\.attention\.attention\.key\.bias'"
+    with pytest.raises(ConversionError, match=r"missing 1 key.*" + key):
         hf_to_maskjax(broken, config)
     broken = dict(sd, **{"vit.encoder.layer.0.attention.attention.value.weight": np.zeros((32, 16), np.float32)})
     with pytest.raises(ConversionError, match=r"'vit\.encoder\.layer\.0\.attention\.attention\.value\.weight': "
