@@ -7,6 +7,10 @@ import ml_collections
 from maskjax.config import base_config, parse_arg, smoke
 
 
+# MAE fine-tuning recipes (FINETUNE.md, tuned for norm-pix checkpoints; specs §1(d)).
+_FINETUNE = {"B": (100, 5e-4, 0.65, 0.1), "L": (50, 1e-3, 0.75, 0.2), "H": (50, 1e-3, 0.75, 0.3)}
+
+
 def mae_imagenet_from_arg(variant: str, arg: str | None) -> ml_collections.ConfigDict:
     """Parses a config argument ("epochs=800|1600", "smoke") into :func:`mae_imagenet`."""
     args = parse_arg(arg, epochs=800, smoke=False)
@@ -53,6 +57,12 @@ def mae_imagenet(variant: str, epochs: int, *, is_smoke: bool = False) -> ml_col
     # `maskjax eval --evals=linear_probe`, not automatically after pre-training.
     c.evals.linear_probe = dict(type="linear_probe", epochs=90, batch_size=16384, blr=0.1,
                                 warmup_epochs=10, after_training=False)
+    # FINETUNE.md per size: (epochs, blr, layer decay, drop path); batch 1024, warmup 5, min lr 1e-6.
+    epochs_ft, blr_ft, decay_ft, drop_ft = _FINETUNE[variant.split("/")[0]]
+    c.evals.finetune = dict(type="finetune", epochs=epochs_ft, batch_size=1024, blr=blr_ft,
+                            layer_decay=decay_ft, drop_path=drop_ft, weight_decay=0.05, warmup_epochs=5,
+                            min_lr=1e-6, mixup=0.8, cutmix=1.0, label_smoothing=0.1, pool="gap",
+                            after_training=False)
     if is_smoke:
         smoke(c, global_batch=8, steps=2)
         c.data.num_workers = 0

@@ -74,3 +74,15 @@ def test_smoke_training(rel, tmp_path, request):
 @pytest.mark.parametrize("rel", SLOW_SMOKE)
 def test_smoke_training_large_models(rel, tmp_path):
     _smoke(rel, tmp_path)
+
+
+def test_mae_finetune_and_probe_protocols_in_the_imagenet_recipes():
+    expected = {"vit_b16_in1k": (100, 5e-4, 0.65, 0.1), "vit_l16_in1k": (50, 1e-3, 0.75, 0.2),
+                "vit_h14_in1k": (50, 1e-3, 0.75, 0.3)}
+    for name, (epochs, blr, decay, drop) in expected.items():
+        ft = load_config(str(CONFIG_DIR / "mae" / f"{name}.py")).evals.finetune
+        assert (ft.epochs, ft.blr, ft.layer_decay, ft.drop_path) == (epochs, blr, decay, drop)
+        assert (ft.batch_size, ft.warmup_epochs, ft.min_lr, ft.mixup, ft.cutmix, ft.label_smoothing) == (
+            1024, 5, 1e-6, 0.8, 1.0, 0.1)
+        lp = load_config(str(CONFIG_DIR / "mae" / f"{name}.py")).evals.linear_probe
+        assert (lp.epochs, lp.batch_size, lp.blr, lp.warmup_epochs) == (90, 16384, 0.1, 10)

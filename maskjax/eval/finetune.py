@@ -7,8 +7,9 @@ cosine to min_lr per step; drop path; mixup 0.8 / cutmix 1.0 with label smoothin
 into the soft targets; RandomResizedCrop(0.08, 1) + flip + RandAugment(m9, mstd 0.5) + random
 erasing 0.25; evaluation: resize + center crop, top-1.
 
-This evaluator trains on one device (no mesh): it serves the small-data tables and checks;
-an ImageNet-scale fine-tune wants the sharded trainer (a later step).
+This evaluator is data-parallel over the devices of one host (parameters replicated, batch
+split over the local devices); several hosts and FSDP-sharded fine-tuning need the sharded
+trainer, and a multi-process run is refused with a message rather than silently wrong.
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ def mae_finetune(encoder: Any, train_source, eval_source, *, image_size: int, nu
 
         # A random subset: sources are usually sorted by class, so the first n would be one class.
         eval_source = SubsetSource(eval_source, max_eval, seed + 1)
+    if jax.process_count() > 1:
+        raise NotImplementedError("the fine-tune evaluator runs on one host; run `maskjax eval --evals ...` "
+                                  "in a single process (it uses all local devices)")
     variant = variant or _variant_of(encoder)
     model = ViTClassifier(variant, image_size=image_size, num_classes=num_classes, pool=pool,
                           drop_path=drop_path, rngs=nnx.Rngs(params=jax.random.key(seed)))
@@ -98,21 +102,27 @@ def mae_finetune(encoder: Any, train_source, eval_source, *, image_size: int, nu
         updates, opt = tx.update(grads, opt, p)
         return optax.apply_updates(p, updates), opt, loss
 
-    opt = tx.init(params)
+    # Data parallel over the local devices: replicated state, batch split along its first axis.
+    mesh = jax.make_mesh((jax.local_device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    shard = lambda x: jax.device_put(x, split if x.shape[0] % mesh.size == 0 else replicated)
+    params = jax.device_put(params, replicated)
+    opt = jax.device_put(tx.init(params), replicated)
     ds = make_image_pipeline(train_source, global_batch=batch_size, image_size=image_size, train=True, seed=seed,
                              augment=augment, crop_pct=crop_pct, process_index=0, process_count=1,
                              num_epochs=epochs)
     base = jax.random.key(seed + 1)
     loss = jnp.nan
     for i, batch in enumerate(ds):
-        params, opt, loss = step(params, opt, jnp.asarray(batch["image"]), jnp.asarray(batch["label"]),
+        params, opt, loss = step(params, opt, shard(batch["image"]), shard(batch["label"]),
                                  jax.random.fold_in(base, i))
     predict = jax.jit(lambda p, x: jnp.argmax(apply(p, x), -1))
     n_eval = len(eval_source)
     correct = 0
     for start in range(0, n_eval, 256):
         xe, ye = take_arrays(eval_source, range(start, min(start + 256, n_eval)), image_size, crop_pct=crop_pct)
-        correct += int(np.sum(np.asarray(predict(params, jnp.asarray(xe))) == ye))
+        correct += int(np.sum(np.asarray(predict(params, shard(xe))) == ye))
     return {"top1": correct / n_eval, "final_train_loss": float(loss), "steps": total,
             "not_loaded": len(missing)}
 
