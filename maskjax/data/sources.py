@@ -405,3 +405,12 @@ class SubsetSource:
 
     def __getitem__(self, i: int):
         return self.source[int(self.indices[i])]
+
+
+def maybe_subset(source, n: int | None, seed: int):
+    """``SubsetSource(source, n, seed)`` when ``n`` is set, else ``source`` itself.
+
+    A random subset on purpose: sources are usually sorted by class, so the first n items
+    would often be a single class.
+    """
+    return SubsetSource(source, n, seed) if n else source

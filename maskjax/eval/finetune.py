@@ -23,6 +23,7 @@ import optax
 from flax import nnx
 
 from maskjax.data.pipeline import make_image_pipeline, take_arrays
+from maskjax.data.sources import maybe_subset
 from maskjax.eval.mixup import mixup_cutmix, soft_cross_entropy
 from maskjax.models.classifier import ViTClassifier
 from maskjax.train.layer_decay import layer_decay_adamw
@@ -63,15 +64,8 @@ def mae_finetune(encoder: Any, train_source, eval_source, *, image_size: int, nu
                  pool: str = "gap", crop_pct: float = 0.875, augment: str = "finetune", seed: int = 0,
                  max_eval: int | None = None, train_examples: int | None = None, variant: str | None = None) -> dict[str, float]:
     """Fine-tunes a classifier initialised from ``encoder`` (a maskjax ViT); returns top-1."""
-    if train_examples:
-        from maskjax.data.sources import SubsetSource
-
-        train_source = SubsetSource(train_source, train_examples, seed)
-    if max_eval:
-        from maskjax.data.sources import SubsetSource
-
-        # A random subset: sources are usually sorted by class, so the first n would be one class.
-        eval_source = SubsetSource(eval_source, max_eval, seed + 1)
+    train_source = maybe_subset(train_source, train_examples, seed)
+    eval_source = maybe_subset(eval_source, max_eval, seed + 1)
     if jax.process_count() > 1:
         raise NotImplementedError("the fine-tune evaluator runs on one host; run `maskjax eval --evals ...` "
                                   "in a single process (it uses all local devices)")

@@ -21,6 +21,7 @@ import numpy as np
 import optax
 
 from maskjax.data.pipeline import make_image_pipeline, take_arrays
+from maskjax.data.sources import maybe_subset
 from maskjax.train.optim import peak_lr, warmup_cosine
 
 BN_EPS = 1e-6
@@ -75,15 +76,8 @@ def mae_linear_probe(encoder: Any, train_source, eval_source, *, image_size: int
                      crop_pct: float = 0.875, cache_features: bool = False, seed: int = 0,
                      max_eval: int | None = None, train_examples: int | None = None) -> dict[str, float]:
     """Trains the MAE probe head on a frozen ``encoder`` (a maskjax ViT); returns top-1 accuracy."""
-    if train_examples:
-        from maskjax.data.sources import SubsetSource
-
-        train_source = SubsetSource(train_source, train_examples, seed)
-    if max_eval:
-        from maskjax.data.sources import SubsetSource
-
-        # A random subset: sources are usually sorted by class, so the first n would be one class.
-        eval_source = SubsetSource(eval_source, max_eval, seed + 1)
+    train_source = maybe_subset(train_source, train_examples, seed)
+    eval_source = maybe_subset(eval_source, max_eval, seed + 1)
     features = _features_fn(encoder)
     n_train = len(train_source)
     batch_size = min(batch_size, n_train)
