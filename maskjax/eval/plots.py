@@ -26,7 +26,8 @@ def plot_run(workdir: str, path: str | None = None) -> str:
     evals = _read_jsonl(os.path.join(workdir, "eval_results.jsonl"))
     if not train:
         raise FileNotFoundError(f"no training metrics in {workdir}/metrics.jsonl")
-    eval_keys = sorted({k for r in evals for k in r if k != "step"})
+    # Accuracies only: step counts and final losses of evaluators live on other scales.
+    eval_keys = sorted({k for r in evals for k in r if k.endswith("top1")})
     panels = [("loss", "training loss"), ("lr", "learning rate"), ("grad_norm", "gradient norm")]
     fig, axes = plt.subplots(1, len(panels) + (1 if eval_keys else 0), figsize=(4.2 * (len(panels) + 1), 3.4))
     steps = [r["step"] for r in train]
