@@ -18,7 +18,6 @@ import os
 import platform
 import subprocess
 import time
-from typing import Any
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
