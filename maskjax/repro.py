@@ -171,6 +171,7 @@ def run_row(table: Table, row: Row, runs_dir: str, smoke: bool = False) -> dict:
         if done.get("evals") == evals:
             return done
     start = time.perf_counter()
+    eval_only = _finished(workdir, config)
     # A finished checkpoint is not trained again: train() restores it and only runs the evaluators.
     train(config, workdir)
     measured: dict = {}
@@ -178,10 +179,21 @@ def run_row(table: Table, row: Row, runs_dir: str, smoke: bool = False) -> dict:
         for line in f:  # later evaluations of the same checkpoint override earlier ones
             measured.update(json.loads(line))
     result = {"metrics": {k: v for k, v in measured.items() if k != "step"},
-              "wall_s": time.perf_counter() - start, "workdir": workdir, "commit": commit(), "evals": evals}
+              "wall_s": time.perf_counter() - start, "workdir": workdir, "commit": commit(), "evals": evals,
+              "eval_only": eval_only}
     with open(result_path, "w") as f:
         json.dump(result, f, indent=2)
     return result
+
+
+def _finished(workdir: str, config) -> bool:
+    """Whether ``workdir`` already holds the row's final checkpoint (then only evaluation runs)."""
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(ckpt_dir):
+        return False
+    steps = [int(d) for d in os.listdir(ckpt_dir) if d.isdigit()]
+    total = config.total_steps or None
+    return bool(steps) and (total is None and max(steps) > 0 or total is not None and max(steps) >= total)
 
 
 def _fmt(value) -> str:
@@ -201,13 +213,16 @@ def render(table: Table, results: list[dict], *, smoke: bool, total_wall: float)
     for row, res in zip(table.rows, results):
         ours = [_fmt(100 * res["metrics"][key]) if key in res["metrics"] else "—" for key in table.metrics.values()]
         paper = [_fmt(row.paper.get(m)) for m in table.metrics]
+        mark = "" if res.get("eval_only") is False else " †"
         lines.append(f"| {row.label} | " + " | ".join(ours) + " | " + " | ".join(paper)
-                     + f" | {res['wall_s'] / 60:.1f} |")
+                     + f" | {res['wall_s'] / 60:.1f}{mark} |")
     key = table.metrics[table.claim_metric]
     scores = {row.label: res["metrics"].get(key) for row, res in zip(table.rows, results)}
     best = max(scores, key=lambda k: -1 if scores[k] is None else scores[k])
     verdict = "reproduced" if best == table.expect_best else "not reproduced"
-    lines += ["", f"Paper reference: {table.paper_source}. The paper columns are the paper's numbers for "
+    lines += ["", "wall: the row's time in the run that produced its numbers; † marks rows whose finished "
+              "pre-training checkpoint was (re-)evaluated, so their time excludes pre-training.", "",
+              f"Paper reference: {table.paper_source}. The paper columns are the paper's numbers for "
               "its ImageNet setting, never measurements of ours; the settings differ by orders of magnitude, "
               "so only the ordering is comparable.", "",
               f"Paper's claim: {table.claim}. Best row here on {table.claim_metric}: **{best}** — the paper's "
