@@ -187,13 +187,9 @@ def run_row(table: Table, row: Row, runs_dir: str, smoke: bool = False) -> dict:
 
 
 def _finished(workdir: str, config) -> bool:
-    """Whether ``workdir`` already holds the row's final checkpoint (then only evaluation runs)."""
+    """Whether ``workdir`` already holds a checkpoint of this row (then it resumes from it)."""
     ckpt_dir = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(ckpt_dir):
-        return False
-    steps = [int(d) for d in os.listdir(ckpt_dir) if d.isdigit()]
-    total = config.total_steps or None
-    return bool(steps) and (total is None and max(steps) > 0 or total is not None and max(steps) >= total)
+    return os.path.isdir(ckpt_dir) and any(d.isdigit() for d in os.listdir(ckpt_dir))
 
 
 def _fmt(value) -> str:
@@ -220,8 +216,9 @@ def render(table: Table, results: list[dict], *, smoke: bool, total_wall: float)
     scores = {row.label: res["metrics"].get(key) for row, res in zip(table.rows, results)}
     best = max(scores, key=lambda k: -1 if scores[k] is None else scores[k])
     verdict = "reproduced" if best == table.expect_best else "not reproduced"
-    lines += ["", "wall: the row's time in the run that produced its numbers; † marks rows whose finished "
-              "pre-training checkpoint was (re-)evaluated, so their time excludes pre-training.", "",
+    lines += ["", "wall: the row's time in the run that produced its numbers; † marks rows that resumed from an "
+              "existing checkpoint (e.g. re-evaluated after an evaluator changed), so their time excludes "
+              "(some of) the pre-training.", "",
               f"Paper reference: {table.paper_source}. The paper columns are the paper's numbers for "
               "its ImageNet setting, never measurements of ours; the settings differ by orders of magnitude, "
               "so only the ordering is comparable.", "",
