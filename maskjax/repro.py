@@ -209,7 +209,7 @@ def render(table: Table, results: list[dict], *, smoke: bool, total_wall: float)
     for row, res in zip(table.rows, results):
         ours = [_fmt(100 * res["metrics"][key]) if key in res["metrics"] else "—" for key in table.metrics.values()]
         paper = [_fmt(row.paper.get(m)) for m in table.metrics]
-        mark = "" if res.get("eval_only") is False else " †"
+        mark = " †" if res.get("eval_only") else ""
         lines.append(f"| {row.label} | " + " | ".join(ours) + " | " + " | ".join(paper)
                      + f" | {res['wall_s'] / 60:.1f}{mark} |")
     key = table.metrics[table.claim_metric]
