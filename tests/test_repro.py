@@ -21,3 +21,24 @@ def test_repro_two_row_table_at_smoke_size(tmp_path, capsys):
     mtimes = {d: os.path.getmtime(tmp_path / "runs" / d / "row_result.json") for d in os.listdir(tmp_path / "runs")}
     run_table("mae_cifar_target", out_dir=str(tmp_path / "out"), runs_dir=str(tmp_path / "runs"), smoke=True)
     assert {d: os.path.getmtime(tmp_path / "runs" / d / "row_result.json") for d in mtimes} == mtimes
+
+
+def test_changed_evaluator_re_evaluates_without_pre_training_again(tmp_path, monkeypatch):
+    import json
+
+    import maskjax.repro as repro
+
+    kwargs = dict(out_dir=str(tmp_path / "out"), runs_dir=str(tmp_path / "runs"), smoke=True, max_rows=1)
+    run_table("mae_cifar_target", **kwargs)
+    (run,) = os.listdir(tmp_path / "runs")
+    first = json.load(open(tmp_path / "runs" / run / "row_result.json"))
+    assert first["eval_only"] is False
+    evals = {k: dict(v) for k, v in repro.SMOKE_EVALS.items()}
+    evals["probe"]["epochs"] = 3
+    monkeypatch.setattr(repro, "SMOKE_EVALS", evals)
+    run_table("mae_cifar_target", **kwargs)
+    assert os.listdir(tmp_path / "runs") == [run]          # same pre-training run directory
+    second = json.load(open(tmp_path / "runs" / run / "row_result.json"))
+    assert second["eval_only"] is True and second["evals"]["probe"]["epochs"] == 3
+    steps = [json.loads(l)["step"] for l in open(tmp_path / "runs" / run / "metrics.jsonl") if '"loss"' in l]
+    assert steps == [1, 2]                                   # no training step was run again
