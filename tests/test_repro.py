@@ -12,7 +12,7 @@ def test_repro_two_row_table_at_smoke_size(tmp_path, capsys):
     page = open(path).read()
     assert "| pixel (no norm) |" in page and "| pixel (norm-pix) |" in page
     assert "linear probe top-1 (maskjax)" in page and "fine-tune top-1 (paper)" in page
-    assert "commit" in page and "cores" in page and "wall time" in page
+    assert "commit" in page and "cores" in page and "wall (min)" in page
     assert "smoke run" in page  # says its numbers mean nothing
     # Paper numbers appear only in the paper columns: each row's measured cells are ours.
     row = next(l for l in page.splitlines() if l.startswith("| pixel (norm-pix) |")).split("|")
