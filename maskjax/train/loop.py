@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import logging
@@ -41,7 +42,7 @@ class TrainResult:
     config: Any
     step: int
     total_steps: int
-    history: list[dict]
+    history: list[dict]  # the most recent per-step metrics (up to 10,000 steps)
     steps_per_sec: float
 
 
@@ -187,7 +188,8 @@ def train(config, workdir: str, *, stop_at_step: int | None = None, run_evals: b
     writer = MetricWriter(workdir)
     progress = Progress(total_steps, start, enabled=config.progress)
     pending = _PendingMetrics()
-    history: list[dict] = []
+    # Recent per-step metrics for callers and tests; bounded so a long run does not grow memory.
+    history: collections.deque = collections.deque(maxlen=10_000)
     last_ckpt = latest
     step = start
     window_t0, window_s0, wait = time.perf_counter(), step, 0.0
@@ -252,7 +254,7 @@ def train(config, workdir: str, *, stop_at_step: int | None = None, run_evals: b
             writer.write(step, results)
             writer.close()
     return TrainResult(state=state, template=template, method=method, mesh=mesh, config=config, step=step,
-                       total_steps=total_steps, history=history,
+                       total_steps=total_steps, history=list(history),
                        steps_per_sec=(step - start) / elapsed if elapsed > 0 else 0.0)
 
 
