@@ -54,8 +54,13 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.optim = ml_collections.ConfigDict(dict(
         name="adamw", base_lr=1.5e-4, lr_batch_denominator=256, b1=0.9, b2=0.95, eps=1e-8,
-        weight_decay=0.05, warmup_epochs=40.0, min_lr=0.0))
+        weight_decay=0.05, warmup_epochs=40.0, min_lr=0.0,
+        schedule="cosine",        # cosine (MAE) | linear (BERT) | linear_electra (warmup multiplies the decay)
+        bias_correction=True,     # False: BERT/ELECTRA's AdamWeightDecayOptimizer
+    ))
+    # lr = base_lr * global_batch / lr_batch_denominator; 0 uses base_lr as is (BERT recipes).
     c.optim.grad_clip = config_dict.placeholder(float)
+    c.optim.warmup_steps = config_dict.placeholder(int)  # overrides warmup_epochs when set
 
     # FSDP by default: every device on "fsdp"; parameters sharded along "embed", batch over data x fsdp.
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))

@@ -229,4 +229,4 @@ def test_make_optimizer_default_betas_are_mae():
 
 def test_make_optimizer_unknown_name():
     with pytest.raises(ValueError):
-        make_optimizer(adamw_config(name="lamb"), lambda c: 0.1)
+        make_optimizer(adamw_config(name="adamax"), lambda c: 0.1)

@@ -14,7 +14,12 @@ import jax
 
 
 class Method(Protocol):
-    """What the trainer needs from a method."""
+    """What the trainer needs from a method.
+
+    Optional: ``modality`` (default ``"image"``; selects the input pipeline in
+    ``maskjax.data.modalities``) and a static ``check_config(config, errors)`` that appends a
+    message per problem with the model fields before anything is compiled.
+    """
 
     name: str
 
@@ -44,13 +49,22 @@ def known_methods() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def make_method(config: Any) -> Method:
-    """Instantiates the method named by ``config.method`` (clear error listing the known ones)."""
+def method_class(name: str) -> Callable[[Any], Method]:
+    """The registered factory of method ``name`` (clear error listing the known ones)."""
     _import_builtin_methods()
-    name = config.method
     if name not in _REGISTRY:
         raise ValueError(f"unknown method {name!r}; known methods: {sorted(_REGISTRY)}")
-    return _REGISTRY[name](config)
+    return _REGISTRY[name]
+
+
+def method_modality(name: str) -> str:
+    """The data modality method ``name`` trains on ("image" unless it says otherwise)."""
+    return getattr(method_class(name), "modality", "image")
+
+
+def make_method(config: Any) -> Method:
+    """Instantiates the method named by ``config.method`` (clear error listing the known ones)."""
+    return method_class(config.method)(config)
 
 
 def _import_builtin_methods() -> None:

@@ -35,11 +35,36 @@ def mae_forward(model: MaskedAutoencoder, images, noise, mask_ratio: float, norm
     return loss, pred, target, mask
 
 
+def check_vit_config(config, errors: list[str]) -> None:
+    """Config checks shared by ViT-based image methods (variant, patch size, decoder heads)."""
+    from maskjax.models.vit import parse_variant
+
+    try:
+        _, patch = parse_variant(config.model.variant)
+    except ValueError as e:
+        errors.append(str(e))
+        return
+    size = config.data.image_size
+    if size % patch:
+        errors.append(f"data.image_size {size} is not divisible by the patch size {patch} of "
+                      f"model.variant {config.model.variant!r}")
+    width = config.model.get("decoder_width")
+    heads = config.model.get("decoder_heads")
+    if width and heads and width % heads:
+        errors.append(f"model.decoder_width {width} is not divisible by model.decoder_heads {heads}")
+
+
 @register("mae")
 class MAE:
     """Masked Autoencoders Are Scalable Vision Learners (He et al., CVPR 2022)."""
 
     name = "mae"
+    modality = "image"
+
+    @staticmethod
+    def check_config(config, errors: list[str]) -> None:
+        """The ViT variant parses and its patch size divides the image size."""
+        check_vit_config(config, errors)
 
     def __init__(self, config):
         self.config = config

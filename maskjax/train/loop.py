@@ -13,12 +13,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from maskjax.data.pipeline import make_image_pipeline, to_global_batch
-from maskjax.data.sources import open_image_source
-from maskjax.methods import make_method
+from maskjax.data.modalities import get_modality
+from maskjax.data.pipeline import to_global_batch
+from maskjax.methods import make_method, method_modality
 from maskjax.train.checkpoint import Checkpointer, process_layout
 from maskjax.train.metrics import MetricWriter, Progress
-from maskjax.train.optim import make_optimizer, peak_lr, warmup_cosine
+from maskjax.train.optim import make_optimizer, make_schedule, peak_lr
 from maskjax.train.sharding import batch_sharding, make_mesh, normalize_rules
 from maskjax.train.state import ModelTemplate, abstract_state, create_state
 from maskjax.train.step import make_train_step
@@ -51,19 +51,19 @@ def config_hash(config) -> str:
     return hashlib.sha256(config.to_json(sort_keys=True).encode()).hexdigest()[:16]
 
 
+def data_modality(config):
+    """The :class:`~maskjax.data.modalities.Modality` that feeds ``config.method``."""
+    return get_modality(method_modality(config.method))
+
+
 def open_train_source(config):
-    """The training image source the config describes."""
-    d = config.data
-    split = None if d.kind == "array_record" else d.split
-    return open_image_source(d.kind, path=d.path, split=split, name=d.name, data_dir=d.data_dir)
+    """The training source the config describes (images, text, ... by the method's modality)."""
+    return data_modality(config).open_source(config, "train")
 
 
 def open_eval_source(config):
-    """The held-out image source (``data.eval_path`` or ``data.path`` at ``data.eval_split``)."""
-    d = config.data
-    path = d.eval_path or d.path
-    split = None if d.kind == "array_record" else d.eval_split
-    return open_image_source(d.kind, path=path, split=split, name=d.name, data_dir=d.data_dir)
+    """The held-out source (for images ``data.eval_path`` or ``data.path`` at ``data.eval_split``)."""
+    return data_modality(config).open_source(config, "eval")
 
 
 def schedule_steps(config, num_examples: int) -> tuple[int, int, int]:
@@ -73,7 +73,10 @@ def schedule_steps(config, num_examples: int) -> tuple[int, int, int]:
         raise ValueError(f"the dataset has {num_examples} examples, fewer than one global batch of "
                          f"{config.global_batch}; lower global_batch")
     total = config.total_steps or int(round(config.epochs * steps_per_epoch))
-    warmup = min(int(round(config.optim.warmup_epochs * steps_per_epoch)), total)
+    if config.optim.get("warmup_steps") is not None:
+        warmup = min(int(config.optim.warmup_steps), total)
+    else:
+        warmup = min(int(round(config.optim.warmup_epochs * steps_per_epoch)), total)
     return steps_per_epoch, total, warmup
 
 
@@ -141,24 +144,22 @@ def train(config, workdir: str, *, stop_at_step: int | None = None, run_evals: b
     os.makedirs(workdir, exist_ok=True)
     rules = normalize_rules(config.sharding_rules)
     mesh = make_mesh(config.mesh)
+    modality = data_modality(config)
+    modality.prepare(config, workdir)
     method = make_method(config)
-    source = open_train_source(config)
+    source = modality.open_source(config, "train")
     num_examples = config.data.num_train_examples or len(source)
     steps_per_epoch, total_steps, warmup_steps = schedule_steps(config, num_examples)
     stop = min(stop_at_step or total_steps, total_steps)
 
     lr = peak_lr(config.optim.base_lr, config.global_batch, config.optim.lr_batch_denominator)
-    schedule = warmup_cosine(lr, warmup_steps, total_steps, config.optim.min_lr)
+    schedule = make_schedule(config.optim, lr, warmup_steps, total_steps)
     tx = make_optimizer(config.optim, schedule)
     template = ModelTemplate.from_builder(method.build)
     base_key = jax.random.key(config.seed)
     init_key, step_key = jax.random.fold_in(base_key, 0), jax.random.fold_in(base_key, 1)
 
-    dataset = make_image_pipeline(
-        source, global_batch=config.global_batch, image_size=config.data.image_size, train=True,
-        seed=config.data.shuffle_seed, augment=config.data.augment, num_workers=config.data.num_workers,
-        crop_pct=config.data.crop_pct)
-    data_iter = iter(dataset)
+    data_iter = iter(modality.make_pipeline(config, source, train=True))
 
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.checkpoint.max_to_keep,
                         every_steps=config.checkpoint.every_steps)

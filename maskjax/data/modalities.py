@@ -1,0 +1,106 @@
+"""Input pipelines by modality: how the trainer opens a method's data without knowing the method.
+
+A method declares ``modality = "image"`` (the default) or ``"text"``; the trainer asks
+:func:`get_modality` for the matching :class:`Modality`, which opens the train / eval sources
+from ``config.data``, builds the grain pipeline of host batches and checks the data fields
+before anything is compiled. Adding a modality (audio, video) adds a class here, not a branch
+in the trainer.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+_REGISTRY: dict[str, Callable[[], "Modality"]] = {}
+
+
+class Modality:
+    """The data side of one kind of input; subclasses fill in every method."""
+
+    name = "?"
+
+    def prepare(self, config, workdir: str) -> None:
+        """One-time work before the run (e.g. training a vocabulary); may fill config fields."""
+
+    def open_source(self, config, split: str) -> Any:
+        """The random-access source of ``split`` ("train" or "eval")."""
+        raise NotImplementedError
+
+    def make_pipeline(self, config, source, *, train: bool) -> Any:
+        """The grain dataset of per-process host batches (dicts of numpy arrays)."""
+        raise NotImplementedError
+
+    def check(self, config, errors: list[str]) -> None:
+        """Appends a message to ``errors`` for each problem in ``config.data``."""
+
+
+def register_modality(name: str):
+    """Class decorator registering a :class:`Modality` under ``name``."""
+
+    def wrap(cls):
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def get_modality(name: str) -> Modality:
+    """The registered modality ``name`` (clear error listing the known ones)."""
+    _import_builtin()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown data modality {name!r}; known: {sorted(_REGISTRY)}")
+    return _REGISTRY[name]()
+
+
+def _import_builtin() -> None:
+    # Text support imports `tokenizers`; keep it lazy so image-only use never needs it.
+    try:
+        from maskjax.data.text import modality  # noqa: F401
+    except ImportError as e:  # pragma: no cover - only without the text extras
+        if "maskjax.data.text" not in str(e) and "tokenizers" not in str(e):
+            raise
+
+
+IMAGE_KINDS = ("folder", "array_record", "tfds")
+
+
+@register_modality("image")
+class ImageModality(Modality):
+    """Images from folders/tars, ArrayRecord shards or TFDS, through ``make_image_pipeline``."""
+
+    def open_source(self, config, split: str):
+        """``data.path`` at ``data.split`` for train; ``data.eval_path`` (or path) at ``data.eval_split``."""
+        from maskjax.data.sources import open_image_source
+
+        d = config.data
+        path = d.path if split == "train" else (d.eval_path or d.path)
+        name = d.split if split == "train" else d.eval_split
+        return open_image_source(d.kind, path=path, split=None if d.kind == "array_record" else name,
+                                 name=d.name, data_dir=d.data_dir)
+
+    def make_pipeline(self, config, source, *, train: bool):
+        """MAE pre-training augmentation on the training split (``data.augment``)."""
+        from maskjax.data.pipeline import make_image_pipeline
+
+        d = config.data
+        return make_image_pipeline(source, global_batch=config.global_batch, image_size=d.image_size,
+                                   train=train, seed=d.shuffle_seed, augment=d.augment if train else "none",
+                                   num_workers=d.num_workers, crop_pct=d.crop_pct)
+
+    def check(self, config, errors: list[str]) -> None:
+        """Paths exist for folder/array_record data; a dataset name for TFDS."""
+        data = config.data
+        if data.kind in ("folder", "array_record"):
+            for field in ("path", "eval_path"):
+                path = data.get(field)
+                if field == "path" and not path:
+                    errors.append(f"data.path is not set (data.kind={data.kind!r} reads images from it)")
+                elif path and not os.path.exists(path):
+                    errors.append(f"data.{field} {path!r} does not exist")
+        elif data.kind == "tfds":
+            if not data.get("name"):
+                errors.append("data.name is not set (data.kind='tfds' needs a TFDS dataset name)")
+        else:
+            errors.append(f"unknown data.kind {data.kind!r} for images; use one of {IMAGE_KINDS}")
