@@ -1,4 +1,4 @@
-"""The ``maskjax`` console script: ``maskjax train ...`` and ``maskjax convert-images ...``."""
+"""The ``maskjax`` console script: ``maskjax train ...``, data preparation, conversion, evaluation."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ USAGE = """usage: maskjax <command> [options]
 commands:
   train            pre-train from a config (maskjax train --config configs/mae/default.py)
   convert-images   convert an ImageFolder directory or tar into ArrayRecord shards
+  train-tokenizer  train a WordPiece vocab.txt on text files (maskjax train-tokenizer -h)
+  tokenize         tokenize and pack a text corpus into ArrayRecord blocks once (maskjax tokenize -h)
   convert          checkpoints: official MAE / Hugging Face <-> maskjax (maskjax convert -h)
   eval             run evaluators on a checkpoint (maskjax eval --config ... --workdir ...)
   plot             training curves of a run as a PNG (maskjax plot WORKDIR)
@@ -32,6 +34,14 @@ def main(argv: list[str] | None = None) -> int:
         from maskjax.data.convert import main as convert_main
 
         return convert_main(rest)
+    if command == "train-tokenizer":
+        from maskjax.data.text.convert import main_train_tokenizer
+
+        return main_train_tokenizer(rest)
+    if command == "tokenize":
+        from maskjax.data.text.convert import main as tokenize_main
+
+        return tokenize_main(rest)
     if command == "convert":
         from maskjax.convert.cli import main as convert_checkpoints
 

@@ -80,6 +80,102 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def text_base_config() -> ml_collections.ConfigDict:
+    """Defaults of the masked-language-model family (BERT's recipe where a choice is needed).
+
+    google-research/bert: post-LN BERT-Base, 128-token blocks, 15 % masking with 80/10/10 and
+    ``max_predictions_per_seq`` 20, AdamW without bias correction (0.9, 0.999, eps 1e-6, wd
+    0.01), lr 1e-4 with 10k warmup steps then linear decay, clip 1.0. Recipes override fields.
+    """
+    c = base_config()
+    c.method = "bert"
+    c.model = ml_collections.ConfigDict(dict(
+        variant="Base",            # maskjax.models.bert.TEXT_SIZES
+        vocab_size=30522,          # padded up from the tokenizer's size when that is larger
+        max_positions=512, type_vocab_size=2, dropout=0.1, attention_dropout=0.1,
+        hidden_act="gelu",         # gelu (exact, as Hugging Face) | gelu_tanh (original TF BERT)
+        nsp=False,                 # BERT's next-sentence head (needs data.nsp)
+        sbo=False,                 # SpanBERT's span-boundary objective head
+        sbo_weight=1.0, max_pair_targets=15,
+        generator_fraction=0.25,   # ELECTRA: generator width / discriminator width
+        disc_weight=50.0, gen_weight=1.0, temperature=1.0,
+    ))
+    c.model.attention_impl = config_dict.placeholder(str)
+    c.masking = ml_collections.ConfigDict(dict(
+        kind="bert",               # bert | whole_word | uniform | span | ngram | electra
+        ratio=0.15,
+        schedule="constant",       # constant | linear | cosine | step (masking-rate schedules)
+        final_ratio=0.15,          # end rate of a schedule
+        mix=(0.8, 0.1, 0.1),       # [MASK] / random token / unchanged
+        count="bert",              # bert | exact | fairseq | bernoulli (uniform masking's count rule)
+        max_predictions=20,        # static number of predicted positions per sequence
+        span_p=0.2, max_span=10,   # SpanBERT geometric spans (in words)
+        span_replacement="span",   # span: one 80/10/10 draw per span | word_piece: per token
+        max_ngram=3,
+        eval_ratio=0.15,           # the held-out evaluation always masks this fraction
+    ))
+    c.loss = ml_collections.ConfigDict()
+    c.data = ml_collections.ConfigDict(dict(
+        kind="text",               # text (files) | tfds_text | array_record_text (maskjax tokenize)
+        split="train", eval_split="validation",
+        doc_format="blank_line",   # blank_line (BERT's one-sentence-per-line files) | wikitext
+        seq_len=128,
+        vocab_size=30522,          # size of a vocabulary trained on the train files (no vocab_path)
+        lowercase=True,
+        nsp=False,                 # build [CLS] A [SEP] B [SEP] pairs with next-sentence labels
+        text_field="text",
+        num_workers=0, shuffle_seed=0,
+    ))
+    for field in ("path", "eval_path", "name", "data_dir", "vocab_path", "cache_dir"):
+        c.data[field] = config_dict.placeholder(str)
+    c.data.num_train_examples = config_dict.placeholder(int)
+    c.global_batch = 256
+    c.epochs = 40
+    c.optim = ml_collections.ConfigDict(dict(
+        name="adamw", base_lr=1e-4, lr_batch_denominator=0, b1=0.9, b2=0.999, eps=1e-6,
+        weight_decay=0.01, warmup_epochs=0.0, min_lr=0.0, schedule="linear", bias_correction=False))
+    c.optim.grad_clip = 1.0
+    c.optim.warmup_steps = 10_000
+    return c
+
+
+def wikitext2_dir() -> pathlib.Path:
+    """Where WikiText-2 (``valid.txt``, ``test.txt``) lives: ``$MASKJAX_WIKITEXT2`` or ``../shared/data``."""
+    import os
+
+    env = os.environ.get("MASKJAX_WIKITEXT2")
+    if env:
+        return pathlib.Path(env)
+    return pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikitext2"
+
+
+def wikitext2_data(config: ml_collections.ConfigDict, vocab_size: int = 8192) -> None:
+    """Points a text config at WikiText-2: train on ``valid.txt``, evaluate on ``test.txt``.
+
+    The vocabulary is a WordPiece of ``vocab_size`` trained on the training file (cached).
+    """
+    root = wikitext2_dir()
+    config.data.kind = "text"
+    config.data.doc_format = "wikitext"
+    config.data.path = str(root / "valid.txt")
+    config.data.eval_path = str(root / "test.txt")
+    config.data.vocab_path = None
+    config.data.vocab_size = vocab_size
+
+
+def text_smoke(config: ml_collections.ConfigDict, *, global_batch: int = 8, steps: int = 2) -> None:
+    """Shrinks a text recipe's run (not its model) to a few CPU steps on WikiText-2."""
+    wikitext2_data(config)
+    config.global_batch = global_batch
+    config.grad_accum = 1
+    config.total_steps = steps
+    config.optim.warmup_steps = 1
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, -1, 1
+    config.log_every_steps = 1
+    config.checkpoint.every_steps = steps
+    config.evals = ml_collections.ConfigDict()
+
+
 def load_config(spec: str) -> ml_collections.ConfigDict:
     """Loads ``path/to/config.py[:arg]`` by calling its ``get_config(arg)``."""
     path, _, arg = spec.partition(":")

@@ -4,6 +4,9 @@
     maskjax convert hf-to-maskjax path/to/hf_folder_or_model.safetensors out/hf_b16
     maskjax convert maskjax-to-hf out/mae_b16_or_a_training_workdir hf_out/
     maskjax convert maskjax-to-official out/mae_b16_or_a_training_workdir mae_b16.pth
+    maskjax convert hf-bert-to-maskjax path/to/bert_folder out/bert      # BERT / ELECTRA, MLM / pre-training / encoder
+    maskjax convert hf-electra-to-maskjax gen_folder disc_folder out/electra
+    maskjax convert maskjax-to-hf-bert out/bert_or_a_text_training_workdir hf_out/
 """
 
 from __future__ import annotations
@@ -44,6 +47,22 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("out", help="output folder" if name == "maskjax-to-hf" else "output .pth file")
         p.add_argument("--step", type=int, help="checkpoint step of a training workdir (default: newest)")
 
+    hb = sub.add_parser("hf-bert-to-maskjax", help="Hugging Face BERT / ELECTRA folder or weights file -> maskjax")
+    hb.add_argument("src", help="HF folder (config.json + weights) of BertForMaskedLM, BertForPreTraining, "
+                    "ElectraForMaskedLM, ElectraForPreTraining or a bare encoder")
+    hb.add_argument("out", help="output directory")
+    hb.add_argument("--kind", help="force the model kind (default: from config.json / the weights)")
+    he = sub.add_parser("hf-electra-to-maskjax", help="HF ELECTRA generator + discriminator -> one maskjax Electra")
+    he.add_argument("generator", help="HF ElectraForMaskedLM folder")
+    he.add_argument("discriminator", help="HF ElectraForPreTraining folder")
+    he.add_argument("out", help="output directory")
+    he.add_argument("--strict", action="store_true", help="fail if the two checkpoints' embeddings differ")
+    th = sub.add_parser("maskjax-to-hf-bert", help="converted maskjax text model or text training workdir -> HF")
+    th.add_argument("src", help="a converted directory or a BERT / ELECTRA training workdir")
+    th.add_argument("out", help="output folder (an ELECTRA writes generator/ and discriminator/ inside)")
+    th.add_argument("--architecture", help="HF architecture to write, e.g. BertForMaskedLM")
+    th.add_argument("--step", type=int, help="checkpoint step of a training workdir (default: newest)")
+
     for p in sub.choices.values():
         p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     return parser
@@ -74,6 +93,8 @@ def _run(args) -> str:
         spec = convert_hf_checkpoint(args.src, args.out, variant=args.variant, decoder_heads=args.decoder_heads,
                                      overwrite=args.overwrite)
         return f"wrote maskjax {spec.kind} {spec.variant} @ {spec.image_size}px to {args.out}"
+    if args.command in ("hf-bert-to-maskjax", "hf-electra-to-maskjax", "maskjax-to-hf-bert"):
+        return _run_text(args)
     spec, params, extra = read_maskjax(args.src, args.step)
     if args.command == "maskjax-to-hf":
         from maskjax.convert.hf_vit import hf_config, save_hf
@@ -87,6 +108,44 @@ def _run(args) -> str:
         raise FileExistsError(f"{args.out} already exists; pass --overwrite to replace it")
     save_torch(maskjax_to_official(spec, params, extra), args.out, nest="model")
     return f"wrote official-layout {spec.kind} {spec.variant} state dict to {args.out}"
+
+
+def _run_text(args) -> str:
+    from maskjax.convert import hf_bert
+
+    if args.command == "hf-bert-to-maskjax":
+        spec = hf_bert.convert_hf_bert_checkpoint(args.src, args.out, kind=args.kind, overwrite=args.overwrite)
+        return f"wrote maskjax {spec.kind} text model to {args.out}"
+    if args.command == "hf-electra-to-maskjax":
+        hf_bert.convert_hf_electra_pair(args.generator, args.discriminator, args.out, strict=args.strict,
+                                        overwrite=args.overwrite)
+        return f"wrote maskjax ELECTRA (generator + discriminator) to {args.out}"
+    if os.path.exists(os.path.join(args.src, "config.json")) and os.path.isdir(os.path.join(args.src, "checkpoints")):
+        model = text_model_from_workdir(args.src, args.step)
+        folders = hf_bert.bert_to_hf(model, args.out, architecture=args.architecture, overwrite=args.overwrite)
+    else:
+        if args.step is not None:
+            raise ConversionError("--step applies to training workdirs only")
+        folders = hf_bert.convert_maskjax_to_hf_bert(args.src, args.out, architecture=args.architecture,
+                                                     overwrite=args.overwrite)
+    return "wrote Hugging Face folder(s): " + ", ".join(map(str, folders))
+
+
+def text_model_from_workdir(workdir: str, step: int | None = None):
+    """The BERT / ELECTRA model of a maskjax text training run (newest checkpoint by default)."""
+    import json
+
+    import ml_collections
+
+    from maskjax.eval.cli import load_checkpoint_model
+
+    with open(os.path.join(workdir, "config.json")) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    if config.method not in ("bert", "electra"):
+        raise ConversionError(f"{workdir} trained method {config.method!r}; maskjax-to-hf-bert converts "
+                              "'bert' and 'electra' runs (use maskjax-to-hf for MAE)")
+    model, _, _ = load_checkpoint_model(config, workdir, step)
+    return model
 
 
 def main(argv: Sequence[str] | None = None) -> int:

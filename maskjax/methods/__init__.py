@@ -1,7 +1,7 @@
 """Method registry: a method = masking + model + objective, wired in one small file.
 
 A method is a class constructed from the whole config, with ``build(rngs) -> model`` and
-``loss(model, batch, keys, train) -> (loss, metrics)``; ``keys`` are per-example PRNG keys so
+``loss(model, batch, keys, train, step=None) -> (loss, metrics)``; ``keys`` are per-example PRNG keys so
 a sample's randomness does not depend on batch splitting or sharding. The trainer and evaluators
 look methods up here by the config's ``method`` name and never branch on it.
 """
@@ -26,8 +26,12 @@ class Method(Protocol):
     def build(self, rngs: Any) -> Any:
         """Builds the NNX model from the config the method was made with."""
 
-    def loss(self, model: Any, batch: dict, keys: jax.Array, train: bool) -> tuple[jax.Array, dict]:
-        """Returns the scalar loss and a dict of scalar metrics for one (micro-)batch."""
+    def loss(self, model: Any, batch: dict, keys: jax.Array, train: bool,
+             step: jax.Array | None = None) -> tuple[jax.Array, dict]:
+        """Returns the scalar loss and a dict of scalar metrics for one (micro-)batch.
+
+        ``step`` is the optimiser step (None outside training) for in-loss schedules.
+        """
 
 
 _REGISTRY: dict[str, Callable[[Any], Method]] = {}
@@ -69,4 +73,4 @@ def make_method(config: Any) -> Method:
 
 def _import_builtin_methods() -> None:
     # Imported lazily so `maskjax.methods` stays importable without pulling every model in.
-    from maskjax.methods import mae  # noqa: F401
+    from maskjax.methods import bert, electra, mae  # noqa: F401

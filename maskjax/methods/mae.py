@@ -87,7 +87,7 @@ class MAE:
             rngs=rngs,
         )
 
-    def loss(self, model, batch, keys, train):
+    def loss(self, model, batch, keys, train, step=None):
         """MAE loss of one batch; masks come from per-example keys (one uniform draw each)."""
         images = batch["image"]
         noise = uniform_noise(keys, images.shape[0], model.num_patches)

@@ -35,17 +35,21 @@ def split_micro(tree: Any, accum: int) -> Any:
 
 
 def make_loss_and_grad(method, template: ModelTemplate, accum: int, micro_sharding=None) -> Callable:
-    """``(params, extra, batch, keys) -> ((loss, metrics), grads)`` averaged over micro-batches."""
+    """``(params, extra, batch, keys, step) -> ((loss, metrics), grads)`` averaged over micro-batches.
 
-    def loss_fn(params, extra, batch, keys):
+    ``step`` (the optimiser step, traced) reaches ``method.loss`` for schedules inside the loss,
+    such as a masking rate that decays over training.
+    """
+
+    def loss_fn(params, extra, batch, keys, step=None):
         model = template.merge(params, extra)
-        return method.loss(model, batch, keys, True)
+        return method.loss(model, batch, keys, True, step=step)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if accum == 1:
         return grad_fn
 
-    def accumulated(params, extra, batch, keys):
+    def accumulated(params, extra, batch, keys, step=None):
         micro = split_micro({"batch": batch, "keys": keys}, accum)
         if micro_sharding is not None:
             micro = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, micro_sharding), micro)
@@ -53,13 +57,13 @@ def make_loss_and_grad(method, template: ModelTemplate, accum: int, micro_shardi
 
         def body(carry, mb):
             grads_sum, loss_sum, metrics_sum = carry
-            (loss, metrics), grads = grad_fn(params, extra, mb["batch"], mb["keys"])
+            (loss, metrics), grads = grad_fn(params, extra, mb["batch"], mb["keys"], step)
             grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
             metrics_sum = jax.tree.map(jnp.add, metrics_sum, metrics)
             return (grads_sum, loss_sum + loss, metrics_sum), None
 
         first = jax.tree.map(lambda x: x[0], micro)
-        metrics_shape = jax.eval_shape(lambda: grad_fn(params, extra, first["batch"], first["keys"])[0][1])
+        metrics_shape = jax.eval_shape(lambda: grad_fn(params, extra, first["batch"], first["keys"], step)[0][1])
         init_metrics = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics_shape)
         (grads, loss, metrics), _ = jax.lax.scan(body, (zeros, jnp.zeros((), jnp.float32), init_metrics), micro)
         scale = 1.0 / accum
@@ -80,7 +84,7 @@ def make_train_step(method, template: ModelTemplate, tx: optax.GradientTransform
     def step(state, batch):
         keys = example_keys(base_key, state["step"], global_batch)
         keys = jax.lax.with_sharding_constraint(keys, batch_sharding)
-        (loss, metrics), grads = loss_and_grad(state["params"], state["extra"], batch, keys)
+        (loss, metrics), grads = loss_and_grad(state["params"], state["extra"], batch, keys, state["step"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         metrics = dict(metrics)

@@ -1,0 +1,455 @@
+"""Tokenize once: packed text blocks in ArrayRecord shards, plus the tokenizer CLIs.
+
+Record format: each record is one block, the bytes of a ``.npy`` file (``numpy.save``,
+``allow_pickle=False``) holding a single structured row::
+
+    input_ids   int32[seq_len]
+    segment_ids uint8[seq_len]
+    input_mask  uint8[seq_len]
+    word_start  uint8[seq_len]
+    nsp_label   int32            (only when the data was built with --nsp)
+
+The ``.npy`` header names the fields, shapes and dtypes, so a record describes itself; reading
+never unpickles (safe on untrusted shards) and `ArrayRecordTextSource` returns every field as
+int32. ``metadata.json`` beside the shards records the format version, ``seq_len``, ``nsp``,
+the vocabulary (path, SHA-256, size, special ids, lower-casing), the block count and the shard
+list. It is written last, so a directory with metadata is complete.
+
+CLIs (wired into ``maskjax`` by ``maskjax/cli.py``)::
+
+    maskjax train-tokenizer --input a.txt b.txt --vocab-size 8000 --output vocab.txt [--cased]
+    maskjax tokenize --vocab vocab.txt --input FILES... [--doc-format wikitext] \\
+        [--tfds NAME --split S --data-dir D] --seq-len 128 [--nsp] --output DIR
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from maskjax.data.text.packing import NSP_FIELD, BlockPacker, nsp_pairs
+from maskjax.data.text.tokenizer import WordPieceTokenizer, load_tokenizer, vocab_sha256
+
+FORMAT_NAME = "maskjax.text_blocks"
+FORMAT_VERSION = 1
+METADATA_FILE = "metadata.json"
+DEFAULT_SHARD_SIZE = 65536
+# Lines handed to the Rust tokenizer per call: large enough to use its thread pool well.
+ENCODE_BATCH_LINES = 8192
+
+
+def record_dtype(seq_len: int, nsp: bool) -> np.dtype:
+    """The structured dtype of one stored block."""
+    fields = [
+        ("input_ids", "<i4", (seq_len,)),
+        ("segment_ids", "u1", (seq_len,)),
+        ("input_mask", "u1", (seq_len,)),
+        ("word_start", "u1", (seq_len,)),
+    ]
+    if nsp:
+        fields.append((NSP_FIELD, "<i4"))
+    return np.dtype(fields)
+
+
+def encode_blocks(blocks: dict[str, np.ndarray], nsp: bool) -> list[bytes]:
+    """Serialises every block of a block dict into one ``.npy`` record each."""
+    n, seq_len = blocks["input_ids"].shape
+    rows = np.zeros(n, record_dtype(seq_len, nsp))
+    for k in rows.dtype.names:
+        rows[k] = blocks[k]
+    out = []
+    for i in range(n):
+        buf = io.BytesIO()
+        np.save(buf, rows[i : i + 1], allow_pickle=False)
+        out.append(buf.getvalue())
+    return out
+
+
+# Parsed .npy headers -> dtype: every record of a dataset has the same header, and parsing it
+# with np.load each time costs far more than the copy of the data itself.
+_HEADER_DTYPES: dict[bytes, np.dtype] = {}
+
+
+def _record_dtype(header: bytes) -> np.dtype:
+    dtype = _HEADER_DTYPES.get(header)
+    if dtype is None:
+        f = io.BytesIO(header)
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        if shape != (1,) or dtype.names is None or "input_ids" not in dtype.names or dtype.hasobject:
+            raise ValueError(f"not a text block record (shape {shape}, dtype {dtype})")
+        _HEADER_DTYPES[header] = dtype
+    return dtype
+
+
+def decode_block(record: bytes) -> dict[str, np.ndarray]:
+    """Inverse of `encode_blocks` for one record: ``{field: int32 array}``."""
+    if len(record) < 12 or record[:6] != b"\x93NUMPY":
+        raise ValueError("corrupt text block record: not .npy bytes")
+    size_bytes = 2 if record[6] == 1 else 4
+    header_len = 8 + size_bytes + int.from_bytes(record[8 : 8 + size_bytes], "little")
+    try:
+        dtype = _record_dtype(bytes(record[:header_len]))
+    except ValueError as e:
+        raise ValueError(f"corrupt text block record: {e}") from None
+    if len(record) != header_len + dtype.itemsize:
+        raise ValueError(f"corrupt text block record: {len(record)} bytes, expected {header_len + dtype.itemsize}")
+    row = np.frombuffer(record, dtype, count=1, offset=header_len)[0]
+    # Copies: the buffer is read-only, and downstream masking may edit arrays in place.
+    return {k: np.array(row[k], np.int32) for k in dtype.names}
+
+
+def iter_documents(source: Any, max_documents: int | None = None) -> Iterator[list[str]]:
+    """Documents of a random-access source (``len`` + ``[]``) or any iterable of them."""
+    if hasattr(source, "__len__") and hasattr(source, "__getitem__"):
+        n = len(source) if max_documents is None else min(len(source), max_documents)
+        for i in range(n):
+            yield source[i]
+        return
+    for i, doc in enumerate(source):
+        if max_documents is not None and i >= max_documents:
+            return
+        yield doc
+
+
+def tokenize_documents(
+    documents: Iterable[Sequence[str]],
+    tokenizer: WordPieceTokenizer,
+    *,
+    sentences: bool = False,
+    sentence_splitter: Callable[[str], list[str]] | None = None,
+    batch_lines: int = ENCODE_BATCH_LINES,
+) -> Iterator[Any]:
+    """Tokenizes documents in large batches; yields one item per non-empty document.
+
+    With ``sentences=False`` an item is the document's ``(ids, word_start)`` (its lines
+    concatenated, no separators); with ``sentences=True`` it is a list of ``(ids, word_start)``
+    per line (after ``sentence_splitter``, e.g. `split_wikitext_sentences`), for `nsp_pairs`.
+    """
+    pending: list[list[str]] = []
+    count = 0
+
+    def flush():
+        flat = [line for doc in pending for line in doc]
+        encoded = tokenizer.encode_batch(flat) if flat else []
+        pos = 0
+        for doc in pending:
+            pieces = [p for p in encoded[pos : pos + len(doc)] if len(p[0])]
+            pos += len(doc)
+            if not pieces:
+                continue
+            if sentences:
+                yield pieces
+            else:
+                yield np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces])
+
+    for doc in documents:
+        lines = [l for l in doc if l and l.strip()]
+        if sentence_splitter is not None:
+            lines = [s for l in lines for s in sentence_splitter(l)]
+        pending.append(lines)
+        count += len(lines)
+        if count >= batch_lines:
+            yield from flush()
+            pending, count = [], 0
+    yield from flush()
+
+
+def _shard_name(i: int) -> str:
+    return f"blocks-{i:05d}.array_record"
+
+
+class _ShardWriter:
+    """Writes records into consecutive shards of at most ``shard_size`` records."""
+
+    def __init__(self, out_dir: str, shard_size: int):
+        self.out_dir, self.shard_size = out_dir, shard_size
+        self.shards: list[str] = []
+        self.counts: list[int] = []
+        self._writer = None
+
+    def write(self, records: list[bytes]) -> None:
+        from array_record.python import array_record_module
+
+        for rec in records:
+            if self._writer is None or self.counts[-1] >= self.shard_size:
+                self.close()
+                name = _shard_name(len(self.shards))
+                # group_size:1: one record per chunk, so random reads decode a single block
+                # (specs/jax_ecosystem.md gotcha G5).
+                self._writer = array_record_module.ArrayRecordWriter(
+                    os.path.join(self.out_dir, name), "group_size:1"
+                )
+                self.shards.append(name)
+                self.counts.append(0)
+            self._writer.write(rec)
+            self.counts[-1] += 1
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def tokenize_to_array_record(
+    source: Any,
+    tokenizer: WordPieceTokenizer | str | os.PathLike,
+    out_dir: str | os.PathLike,
+    seq_len: int,
+    nsp: bool = False,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    seed: int = 0,
+    *,
+    short_seq_prob: float = 0.1,
+    doc_separator: bool = True,
+    sentence_splitter: Callable[[str], list[str]] | None = None,
+    max_documents: int | None = None,
+    source_info: dict | None = None,
+) -> dict[str, Any]:
+    """Tokenizes a document source, packs it and writes ArrayRecord shards + metadata.json.
+
+    Args:
+      source: documents (lists of lines): a `TextFileSource`, `TfdsTextSource` or any list.
+      tokenizer: a `WordPieceTokenizer` or a vocab.txt path (uncased).
+      out_dir: output directory (created; an old metadata.json is removed first).
+      seq_len: block length.
+      nsp: sentence-pair blocks with ``nsp_label`` (`nsp_pairs`; needs all tokenized documents
+        in memory for random-next sampling, as BERT's script does) instead of streamed
+        contiguous blocks (`BlockPacker`, bounded memory).
+      shard_size: blocks per shard.
+      seed: NSP randomness (contiguous packing is deterministic).
+      short_seq_prob, doc_separator: see `nsp_pairs` / `pack_blocks`.
+      sentence_splitter: splits each line into sentences for NSP (e.g.
+        `split_wikitext_sentences` for WikiText paragraphs); ignored without ``nsp``.
+      max_documents: only the first documents (smoke runs).
+      source_info: extra JSON-able facts recorded in the metadata.
+
+    Returns:
+      The metadata dict written to ``out_dir/metadata.json``.
+    """
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    if not isinstance(tokenizer, WordPieceTokenizer):
+        tokenizer = load_tokenizer(tokenizer)
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    meta_path = os.path.join(out_dir, METADATA_FILE)
+    if os.path.exists(meta_path):
+        os.remove(meta_path)  # a failed run must not leave old metadata over new shards
+    for name in os.listdir(out_dir):
+        if name.startswith("blocks-") and name.endswith(".array_record"):
+            os.remove(os.path.join(out_dir, name))  # stale shards of a previous, longer run
+    tok = tokenizer
+    docs = iter_documents(source, max_documents)
+    writer = _ShardWriter(out_dir, shard_size)
+    try:
+        if nsp:
+            tokenized = list(tokenize_documents(docs, tok, sentences=True, sentence_splitter=sentence_splitter))
+            blocks = nsp_pairs(tokenized, seq_len, tok.cls_id, tok.sep_id, tok.pad_id,
+                               short_seq_prob=short_seq_prob, seed=seed)
+            for start in range(0, len(blocks["input_ids"]), 4096):
+                writer.write(encode_blocks({k: v[start : start + 4096] for k, v in blocks.items()}, True))
+        else:
+            packer = BlockPacker(seq_len, tok.cls_id, tok.sep_id, tok.pad_id, doc_separator)
+            for k, (ids, ws) in enumerate(tokenize_documents(docs, tok)):
+                packer.add(ids, ws)
+                if k % 1024 == 1023:
+                    writer.write(encode_blocks(packer.pop_full(), False))
+            writer.write(encode_blocks(packer.finish(), False))
+    finally:
+        writer.close()
+    num_blocks = int(sum(writer.counts))
+    if num_blocks == 0:
+        raise ValueError("the source produced no blocks (no text, or less than half a block)")
+    meta = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "record_layout": "numpy .npy bytes of one structured row: "
+        + ", ".join(f"{n} {record_dtype(seq_len, nsp)[n].str}" for n in record_dtype(seq_len, nsp).names),
+        "seq_len": int(seq_len),
+        "nsp": bool(nsp),
+        "num_records": num_blocks,
+        "shards": writer.shards,
+        "shard_num_records": writer.counts,
+        "vocab_path": tok.vocab_path,
+        "vocab_sha256": vocab_sha256(tok.vocab_path),
+        "vocab_size": tok.vocab_size,
+        "lowercase": tok.lowercase,
+        "special_ids": list(tok.special_ids),
+        "doc_separator": bool(doc_separator) if not nsp else None,
+        "short_seq_prob": float(short_seq_prob) if nsp else None,
+        "seed": int(seed),
+        "source": source_info if source_info is not None else repr(source)[:500],
+    }
+    tmp = meta_path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(meta, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, meta_path)
+    return meta
+
+
+class ArrayRecordTextSource:
+    """Packed blocks written by `tokenize_to_array_record`, as a random-access source.
+
+    Args:
+      path: the output directory or its ``metadata.json``.
+
+    Items are block dicts of int32 arrays (``nsp_label`` a scalar when present); attributes
+    ``metadata``, ``seq_len``, ``has_nsp``, ``special_ids``.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        path = os.fspath(path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"tokenized text dataset not found: {path}")
+        meta_path = path if os.path.isfile(path) else os.path.join(path, METADATA_FILE)
+        if not os.path.isfile(meta_path):
+            raise FileNotFoundError(f"no {METADATA_FILE} in {path}; expected a directory written by `maskjax tokenize`")
+        with open(meta_path) as f:
+            meta = json.load(f)
+        if meta.get("format") != FORMAT_NAME:
+            raise ValueError(f"{meta_path}: not a maskjax text-block dataset (format={meta.get('format')!r})")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{meta_path}: unsupported format_version {meta.get('format_version')!r}")
+        self.metadata = meta
+        self.path = os.path.dirname(os.path.abspath(meta_path))
+        shards = [os.path.join(self.path, s) for s in meta["shards"]]
+        missing = [s for s in shards if not os.path.isfile(s)]
+        if missing:
+            raise FileNotFoundError(f"missing ArrayRecord shards in {self.path}: {missing}")
+        import grain
+
+        self._source = grain.sources.ArrayRecordDataSource(shards)
+        if len(self._source) != meta["num_records"]:
+            raise ValueError(
+                f"{self.path}: metadata says {meta['num_records']} blocks but the shards hold {len(self._source)}"
+            )
+
+    @property
+    def seq_len(self) -> int:
+        """Block length."""
+        return int(self.metadata["seq_len"])
+
+    @property
+    def has_nsp(self) -> bool:
+        """Whether blocks carry ``nsp_label``."""
+        return bool(self.metadata["nsp"])
+
+    @property
+    def special_ids(self) -> tuple[int, ...]:
+        """Special-token ids of the vocabulary used."""
+        return tuple(int(i) for i in self.metadata["special_ids"])
+
+    def check_vocab(self, vocab_path: str | os.PathLike) -> None:
+        """Raises ValueError unless ``vocab_path`` is the vocabulary the data was tokenized with."""
+        if vocab_sha256(vocab_path) != self.metadata["vocab_sha256"]:
+            raise ValueError(
+                f"{vocab_path} is not the vocabulary {self.path} was tokenized with "
+                f"({self.metadata['vocab_path']}); token ids would not match"
+            )
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        return decode_block(self._source[int(index)])
+
+    def __repr__(self) -> str:
+        return f"ArrayRecordTextSource(path={self.path!r}, num_blocks={len(self)}, seq_len={self.seq_len})"
+
+
+def build_tokenize_parser(prog: str = "maskjax tokenize") -> argparse.ArgumentParser:
+    """Argument parser of ``maskjax tokenize``."""
+    p = argparse.ArgumentParser(prog=prog, description="Tokenize and pack text into ArrayRecord blocks "
+                                "(read them with kind='array_record_text').")
+    p.add_argument("--vocab", required=True, help="WordPiece vocab.txt")
+    p.add_argument("--input", nargs="+", default=None, help="text files or globs")
+    p.add_argument("--doc-format", default="blank_line", choices=("blank_line", "wikitext"))
+    p.add_argument("--tfds", default=None, metavar="NAME", help="TFDS dataset instead of --input")
+    p.add_argument("--split", default=None, help="TFDS split")
+    p.add_argument("--data-dir", default=None, help="TFDS data_dir")
+    p.add_argument("--text-field", default="text", help="TFDS text feature (default text)")
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--nsp", action="store_true", help="BERT sentence pairs with nsp_label")
+    p.add_argument("--short-seq-prob", type=float, default=0.1)
+    p.add_argument("--no-doc-separator", action="store_true", help="no [SEP] between documents")
+    p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="blocks per shard")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-documents", type=int, default=None)
+    p.add_argument("--cased", action="store_true", help="cased vocabulary (no lower-casing)")
+    p.add_argument("--output", required=True, help="output directory")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``maskjax tokenize`` entry point; returns 0 on success, 2 on bad input."""
+    from maskjax.data.text.sources import TextFileSource, TfdsTextSource, split_wikitext_sentences
+
+    args = build_tokenize_parser().parse_args(argv)
+    try:
+        if (args.input is None) == (args.tfds is None):
+            raise ValueError("give either --input FILES or --tfds NAME (not both)")
+        if args.tfds is not None:
+            if args.split is None:
+                raise ValueError("--tfds needs --split")
+            source = TfdsTextSource(args.tfds, args.split, args.data_dir, args.text_field)
+            info = {"tfds": args.tfds, "split": args.split, "data_dir": args.data_dir}
+        else:
+            source = TextFileSource(args.input, doc_format=args.doc_format)
+            info = {"files": source.paths, "doc_format": args.doc_format}
+        tokenizer = load_tokenizer(args.vocab, lowercase=not args.cased)
+        splitter = split_wikitext_sentences if args.nsp and args.doc_format == "wikitext" else None
+        meta = tokenize_to_array_record(
+            source, tokenizer, args.output, args.seq_len, nsp=args.nsp, shard_size=args.shard_size,
+            seed=args.seed, short_seq_prob=args.short_seq_prob, doc_separator=not args.no_doc_separator,
+            sentence_splitter=splitter, max_documents=args.max_documents, source_info=info,
+        )
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {meta['num_records']} blocks of {meta['seq_len']} tokens into "
+          f"{len(meta['shards'])} shard(s) in {args.output}")
+    return 0
+
+
+def build_train_tokenizer_parser(prog: str = "maskjax train-tokenizer") -> argparse.ArgumentParser:
+    """Argument parser of ``maskjax train-tokenizer``."""
+    p = argparse.ArgumentParser(prog=prog, description="Train a BERT WordPiece vocab.txt.")
+    p.add_argument("--input", nargs="+", required=True, help="training text files or globs")
+    p.add_argument("--vocab-size", type=int, default=30522)
+    p.add_argument("--min-frequency", type=int, default=2)
+    p.add_argument("--cased", action="store_true", help="keep case and accents")
+    p.add_argument("--fast", action="store_true", help="HF's Rust trainer: faster, not reproducible")
+    p.add_argument("--output", required=True, help="vocab.txt to write")
+    return p
+
+
+def main_train_tokenizer(argv: Sequence[str] | None = None) -> int:
+    """``maskjax train-tokenizer`` entry point; returns 0 on success, 2 on bad input."""
+    from maskjax.data.text.sources import resolve_paths
+    from maskjax.data.text.tokenizer import train_wordpiece
+
+    args = build_train_tokenizer_parser().parse_args(argv)
+    try:
+        files = resolve_paths(args.input)
+        train_wordpiece(files, args.vocab_size, args.output, lowercase=not args.cased,
+                        min_frequency=args.min_frequency, deterministic=not args.fast)
+        tok = load_tokenizer(args.output, lowercase=not args.cased)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote a vocabulary of {tok.vocab_size} tokens to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""The text modality: how the trainer opens, tokenizes and batches text for MLM methods.
+
+``prepare`` resolves the vocabulary once per run: ``data.vocab_path`` if given (any standard
+``vocab.txt``), the one recorded by ``maskjax tokenize`` for ArrayRecord data, or a WordPiece
+vocabulary of ``data.vocab_size`` trained on the training files and cached in
+``data.cache_dir`` (default ``<workdir>/cache``). Small corpora are tokenized and packed in
+memory (cached as ``.npz``); ``maskjax tokenize`` output is read as is (the fast path).
+"""
+
+from __future__ import annotations
+
+import os
+
+from maskjax.data.modalities import Modality, register_modality
+
+TEXT_KINDS = ("text", "tfds_text", "array_record_text")
+
+
+def _split_args(config, split: str) -> tuple[object, str | None]:
+    d = config.data
+    path, name = (d.path, d.split) if split == "train" else (d.eval_path or d.path, d.eval_split)
+    if isinstance(path, str) and "," in path:  # a comma-separated list of files or globs
+        path = [p.strip() for p in path.split(",") if p.strip()]
+    return path, name
+
+
+@register_modality("text")
+class TextModality(Modality):
+    """WordPiece-tokenized text packed into fixed-length ``[CLS] ... [SEP]`` blocks."""
+
+    def prepare(self, config, workdir: str) -> None:
+        """Fills ``data.vocab_path`` (training and caching a vocabulary when it is unset)."""
+        from maskjax.data.text import ArrayRecordTextSource, ensure_vocab, load_tokenizer
+
+        d = config.data
+        if not d.cache_dir:
+            d.cache_dir = os.path.join(workdir, "cache")
+        if not d.vocab_path:
+            if d.kind == "array_record_text":
+                d.vocab_path = ArrayRecordTextSource(d.path).metadata["vocab_path"]
+            elif d.kind == "text":
+                d.vocab_path = ensure_vocab(_files(d.path), d.vocab_size, d.cache_dir, lowercase=d.lowercase)
+            else:
+                raise ValueError(f"data.kind={d.kind!r} needs data.vocab_path (a vocab.txt; train one "
+                                 "with `maskjax train-tokenizer --input FILES --vocab-size N --output vocab.txt`)")
+        tokenizer = load_tokenizer(d.vocab_path, lowercase=d.lowercase)
+        if tokenizer.vocab_size > config.model.vocab_size:
+            raise ValueError(f"the vocabulary {d.vocab_path} has {tokenizer.vocab_size} tokens but "
+                             f"model.vocab_size is {config.model.vocab_size}; raise model.vocab_size")
+
+    def open_source(self, config, split: str):
+        """Packed blocks of ``split`` ("train" or "eval"): ArrayRecord, or tokenized in memory."""
+        from maskjax.data.text import ArrayRecordTextSource, prepare_text_blocks
+
+        d = config.data
+        path, name = _split_args(config, split)
+        if d.kind == "array_record_text":
+            source = ArrayRecordTextSource(path)
+            if d.vocab_path:
+                source.check_vocab(d.vocab_path)
+            return source
+        return prepare_text_blocks(
+            d.kind, path=path, name=d.name, split=name, data_dir=d.data_dir, text_field=d.text_field,
+            vocab_path=d.vocab_path, seq_len=d.seq_len, nsp=d.nsp, doc_format=d.doc_format,
+            lowercase=d.lowercase, cache_dir=d.cache_dir, seed=d.shuffle_seed)
+
+    def make_pipeline(self, config, source, *, train: bool):
+        """Shuffled, repeated batches of blocks for training; one ordered pass for evaluation."""
+        from maskjax.data.text import make_text_pipeline
+
+        d = config.data
+        return make_text_pipeline(source, global_batch=config.global_batch, train=train, seed=d.shuffle_seed,
+                                  num_workers=d.num_workers)
+
+    def check(self, config, errors: list[str]) -> None:
+        """Source fields, block length vs positions, NSP data vs NSP head, prediction count."""
+        d, m = config.data, config.model
+        if d.kind not in TEXT_KINDS:
+            errors.append(f"unknown data.kind {d.kind!r} for text; use one of {TEXT_KINDS}")
+        elif d.kind in ("text", "array_record_text"):
+            if not d.path:
+                errors.append(f"data.path is not set (data.kind={d.kind!r} reads text from it)")
+            for field in ("path", "eval_path"):
+                value = d.get(field)
+                if value and d.kind == "text" and not _files(value):
+                    errors.append(f"data.{field} {value!r} matches no file")
+                elif value and d.kind == "array_record_text" and not os.path.isdir(value):
+                    errors.append(f"data.{field} {value!r} is not a directory written by `maskjax tokenize`")
+        elif not d.name:
+            errors.append("data.name is not set (data.kind='tfds_text' needs a TFDS dataset name)")
+        if d.vocab_path and not os.path.exists(d.vocab_path):
+            errors.append(f"data.vocab_path {d.vocab_path!r} does not exist")
+        if d.seq_len > m.max_positions:
+            errors.append(f"data.seq_len {d.seq_len} exceeds model.max_positions {m.max_positions}")
+        if bool(d.nsp) != bool(m.get("nsp", False)):
+            errors.append(f"data.nsp={d.nsp} but model.nsp={m.get('nsp')}: next-sentence prediction needs both "
+                          "(sentence-pair data and the NSP head)")
+        p = config.masking.get("max_predictions")
+        if p is not None and not 1 <= p <= d.seq_len:
+            errors.append(f"masking.max_predictions {p} must be between 1 and data.seq_len {d.seq_len}")
+
+
+def _files(path) -> list[str]:
+    """The files a ``data.path`` names: a path, a glob, or a comma-separated list of either."""
+    from maskjax.data.text.sources import resolve_paths
+
+    paths = path if isinstance(path, (list, tuple)) else [p.strip() for p in str(path).split(",") if p.strip()]
+    try:
+        return resolve_paths(paths)
+    except (FileNotFoundError, ValueError):
+        return []
