@@ -6,7 +6,7 @@ AdamW without bias correction (0.9, 0.999, eps 1e-6, wd 0.01, clip 1.0), lr 1e-4
 steps, linear decay, batch 256, 1M steps: 90 % at 128 tokens then 10 % at 512
 (``:seq_len=512,steps=100000`` for the second phase, resumed from the first one's workdir).
 ``:wwm`` gives whole-word masking. Data: BooksCorpus + Wikipedia; here a TFDS text dataset
-(``wikipedia/20230601.en``) with the bert-base-uncased ``vocab.txt`` you provide:
+(``wikipedia/20230601.en``) with the bert-base-uncased ``vocab.txt`` you provide. Command:
 
   maskjax train --config configs/bert/bert.py:size=Base \\
       --config.data.vocab_path=vocab.txt --config.data.data_dir=~/tensorflow_datasets

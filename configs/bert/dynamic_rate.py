@@ -6,6 +6,10 @@ C4 at 128 tokens; the exact steps and batch are UNVERIFIED, so this recipe takes
 optimiser with the MosaicML-style 128-token setup. ``:schedule=constant`` is the fixed-15 %
 baseline. Expected (paper abstract, not measured by us): +0.46 GLUE average for BERT-Base over
 the fixed rate and up to 1.89x faster pre-training to the same quality.
+
+Command:
+  maskjax train --config configs/bert/dynamic_rate.py:schedule=linear \
+      --config.data.vocab_path=vocab.txt --config.data.data_dir=~/tensorflow_datasets
 """
 
 from maskjax.config import parse_arg, text_base_config, text_smoke

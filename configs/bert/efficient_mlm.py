@@ -9,6 +9,10 @@ documented deviation. ``:rate=0.15,mix=80-10-10`` gives the table's other rows.
 Expected (README "Model List", RoBERTa-Large size, GLUE dev; not measured by us): 0.40 masking
 MNLI 84.5 / QNLI 91.6 / QQP 88.1 / SST-2 92.8; 0.15 masking 84.2 / 90.9 / 87.8 / 93.3;
 0.15 with 80-10-10 83.7 / 90.4 / 87.8 / 93.2; 0.40 with 80-10-10 84.3 / 91.2 / 87.9 / 93.0.
+
+Command:
+  maskjax train --config configs/bert/efficient_mlm.py:rate=0.4,mix=mask \
+      --config.data.vocab_path=vocab.txt --config.data.data_dir=~/tensorflow_datasets
 """
 
 from maskjax.config import parse_arg, text_base_config, text_smoke

@@ -9,6 +9,7 @@ UNVERIFIED]. Expected RoBERTa-Base GLUE dev MNLI about 87.6 [paper, recalled - U
 ours uses a WordPiece vocab rather than RoBERTa's byte BPE, so it is "RoBERTa-style", not
 RoBERTa.
 
+Command:
   maskjax train --config configs/bert/roberta_style.py --config.data.vocab_path=vocab.txt
 """
 

@@ -5,6 +5,7 @@ held-out ``mlm`` evaluator at a fixed 15 % [MASK]-only masking, whatever the tra
 WordPiece vocabulary of 8,192 trained on the training file. The model is BERT-Tiny
 (2 layers, 128 wide; ``model=...`` for others) at 128 tokens.
 
+Command:
   maskjax train --config configs/bert/wikitext_tiny.py:rate=0.4,mix=mask --workdir runs/mlm40
   maskjax train --config configs/bert/wikitext_tiny.py:method=electra --workdir runs/electra
 

@@ -14,6 +14,10 @@ correction (0.9, 0.999, eps 1e-6, wd 0.01, clip 1.0), lr warmup multiplying a li
 Expected (README, released models, GLUE test; not measured by us): Small 77.4, Base 82.7,
 Large 85.2; dev MNLI 81.3 / 88.8 / 90.9. Base/Large step counts are the paper's Table 6
 [paper, recalled - UNVERIFIED].
+
+Command:
+  maskjax train --config configs/electra/electra.py:size=Small \
+      --config.data.vocab_path=vocab.txt --config.data.data_dir=~/tensorflow_datasets
 """
 
 from maskjax.config import parse_arg, text_base_config, text_smoke

@@ -11,6 +11,10 @@ Expected (README; not measured by us): SQuAD 1.1 F1 Base 92.4 (dev) / Large 94.6
 83.6 / 88.7, TACRED F1 68.2 / 70.8, coref 77.4 / 79.6.
 Deviation: random replacements are uniform over the vocabulary (SpanBERT samples the corpus
 stream); ``maskjax.data.text.unigram_counts`` gives the distribution for a custom method.
+
+Command:
+  maskjax train --config configs/spanbert/spanbert.py:size=Large \
+      --config.data.vocab_path=bert-base-cased-vocab.txt --config.data.data_dir=~/tensorflow_datasets
 """
 
 from maskjax.config import parse_arg, text_base_config, text_smoke

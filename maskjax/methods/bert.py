@@ -17,6 +17,8 @@ new masks (RoBERTa) and a resumed run draws exactly the masks of an uninterrupte
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -50,7 +52,6 @@ class BERT:
 
     def __init__(self, config):
         self.config = config
-        self.ids = SpecialIds.from_config(config)
         self.schedule = rate_schedule(config)
         k = config.masking
         self.kind = k.kind
@@ -58,6 +59,11 @@ class BERT:
         self.max_predictions = int(k.max_predictions)
         self.sbo = bool(config.model.get("sbo", False))
         self.nsp = bool(config.model.get("nsp", False))
+
+    @functools.cached_property
+    def ids(self) -> SpecialIds:
+        """Special token ids, read from the vocabulary on first use (building needs none)."""
+        return SpecialIds.from_config(self.config)
 
     def build(self, rngs):
         """A :class:`BertPretrainer` of ``model.variant`` with the NSP / SBO heads the config asks for."""

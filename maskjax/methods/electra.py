@@ -10,6 +10,8 @@ share the embeddings.
 
 from __future__ import annotations
 
+import functools
+
 import jax.numpy as jnp
 
 from maskjax.masking import electra_mask
@@ -40,13 +42,17 @@ class ELECTRA:
 
     def __init__(self, config):
         self.config = config
-        self.ids = SpecialIds.from_config(config)
         self.schedule = rate_schedule(config)
         self.max_predictions = int(config.masking.max_predictions)
         m = config.model
         self.gen_weight = float(m.get("gen_weight", 1.0))
         self.disc_weight = float(m.get("disc_weight", 50.0))
         self.temperature = float(m.get("temperature", 1.0))
+
+    @functools.cached_property
+    def ids(self) -> SpecialIds:
+        """Special token ids, read from the vocabulary on first use (building needs none)."""
+        return SpecialIds.from_config(self.config)
 
     def build(self, rngs):
         """An :class:`Electra` whose generator is ``model.generator_fraction`` of the discriminator."""
