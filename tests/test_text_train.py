@@ -85,3 +85,25 @@ def test_trained_bert_exports_to_hugging_face(files, tmp_path):
         theirs = hf(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask)).logits.numpy()
     real = mask.astype(bool)
     assert np.abs(ours[real] - theirs[real]).max() / np.abs(theirs[real]).max() < 1e-5
+
+
+def test_training_from_tokenized_array_record(files, tmp_path):
+    """The fast path: `maskjax tokenize` once, then train from the ArrayRecord blocks."""
+    from maskjax.cli import main as cli
+    from maskjax.data.modalities import get_modality
+
+    train_file, _, cache = files
+    config = tiny_text_config(train_file, cache_dir=cache, total_steps=2)
+    get_modality("text").prepare(config, str(tmp_path))   # trains (or reuses) the vocabulary
+    out = tmp_path / "tokenized"
+    assert cli(["maskjax", "tokenize", "--vocab", config.data.vocab_path, "--input", str(train_file),
+                "--doc-format", "wikitext", "--seq-len", "32", "--output", str(out)]) == 0
+    in_memory = get_modality("text").open_source(config, "train")
+    fast = tiny_text_config(out, cache_dir=cache, total_steps=2, **{"data.kind": "array_record_text"})
+    fast.data.vocab_path = None                           # taken from the tokenized data's metadata
+    fast.evals = {}
+    result = train(fast, str(tmp_path / "run"), run_evals=False)
+    source = get_modality("text").open_source(fast, "train")
+    assert len(source) == len(in_memory)
+    np.testing.assert_array_equal(source[3]["input_ids"], in_memory[3]["input_ids"])
+    assert result.step == 2 and np.isfinite(result.history[-1]["loss"])

@@ -43,7 +43,7 @@ def register(name: str):
 
 def known_evaluators() -> list[str]:
     """Names of the registered evaluators."""
-    from maskjax.eval import evaluators, text_evals  # noqa: F401  (registers the built-ins)
+    from maskjax.eval import evaluators, text_classify, text_evals  # noqa: F401  (registers the built-ins)
 
     return sorted(_EVALUATORS)
 

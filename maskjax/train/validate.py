@@ -24,6 +24,16 @@ def _check_method(config, errors: list[str]) -> None:
     get_modality(getattr(factory, "modality", "image")).check(config, errors)
 
 
+def _check_evals(config, errors: list[str]) -> None:
+    # An unknown evaluator would otherwise surface only after training, when the run has ended.
+    from maskjax.eval.registry import known_evaluators
+
+    for name, options in config.get("evals", {}).items():
+        kind = options.get("type")
+        if kind not in known_evaluators():
+            errors.append(f"evals.{name}: unknown evaluator type {kind!r}; known: {known_evaluators()}")
+
+
 def _check_batch(config, errors: list[str], num_devices: int, process_count: int) -> None:
     try:
         sizes = resolve_mesh_shape(config.mesh, num_devices)
@@ -68,6 +78,7 @@ def validate_config(config, num_devices: int | None = None, process_count: int |
         errors.append("checkpoint.data_state_mismatch must be 'error' or 'reset'")
     if known:
         _check_method(config, errors)
+    _check_evals(config, errors)
     _check_batch(config, errors, num_devices, process_count)
     if errors:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(errors))

@@ -84,6 +84,10 @@ def encode_pairs(tokenizer, texts_a: Sequence[str], texts_b: Sequence[str] | Non
     ``[CLS] A [SEP]`` (A cut to ``seq_len - 2`` tokens) or, with ``texts_b``,
     ``[CLS] A [SEP] B [SEP]`` with the pair cut by :func:`truncate_seq_pair` to ``seq_len - 3``;
     segment 0 covers ``[CLS] A [SEP]``, segment 1 ``B [SEP]``; padding is ``pad_id`` with mask 0.
+
+    Equals Hugging Face ``tokenizer(a, b, truncation="longest_first", max_length=seq_len,
+    padding="max_length")`` except in one tie-break: when both texts are cut to about half of an
+    odd budget and A is not the longer one, HF gives the odd token to B, BERT (and this) to A.
     """
     texts_a = list(texts_a)
     if texts_b is not None:
@@ -125,11 +129,13 @@ def _as_text(value: Any) -> str:
 
 def _read_records(source, indices: Sequence[int]) -> list[dict]:
     """Records at ``indices``; ArrayRecord sources read a whole chunk at once (much faster)."""
-    getitems = getattr(source, "__getitems__", None)
     out: list[dict] = []
     for start in range(0, len(indices), 4096):
         chunk = list(indices[start:start + 4096])
-        out.extend(getitems(chunk) if getitems is not None else [source[i] for i in chunk])
+        try:
+            out.extend(source.__getitems__(chunk))
+        except (AttributeError, TypeError):  # no batched read (e.g. tfds.testing.mock_data): one by one
+            out.extend(source[i] for i in chunk)
     return out
 
 
@@ -153,7 +159,7 @@ def load_glue(task: str, split: str, tokenizer, seq_len: int = 128, data_dir: st
     except Exception:  # pragma: no cover - depends on the installed TFDS
         pass
     try:
-        source = tfds.data_source(info.tfds_name, split=split, data_dir=data_dir)
+        source = tfds.data_source(info.tfds_name, split=split, data_dir=data_dir, download=False)
     except Exception as e:
         raise RuntimeError(
             f"cannot open {info.tfds_name} split {split!r} (data_dir={data_dir!r}): {e}\nGLUE must be "
