@@ -205,11 +205,18 @@ def hardware() -> str:
     except (OSError, StopIteration):
         pass
     devices = jax.devices()
-    return f"{cpu}, {os.cpu_count()} cores; JAX {jax.__version__} on {len(devices)} {devices[0].platform} device(s)"
+    kind = "" if devices[0].platform == "cpu" else f" ({devices[0].device_kind})"
+    return (f"{cpu}, {os.cpu_count()} cores; JAX {jax.__version__} on {len(devices)} {devices[0].platform} "
+            f"device(s){kind}")
 
 
 def commit() -> str:
-    """The git commit of the repository (with '+dirty' for uncommitted changes), or 'unknown'."""
+    """The git commit of the repository (with '+dirty' for uncommitted changes), or 'unknown'.
+
+    ``$MASKJAX_COMMIT`` names it where the code runs from a copy without git history.
+    """
+    if os.environ.get("MASKJAX_COMMIT"):
+        return os.environ["MASKJAX_COMMIT"]
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
                               text=True, check=True).stdout.strip()
