@@ -49,6 +49,7 @@ class Table:
     smoke: dict | None = None         # overrides that shrink a row to seconds (default: MAE's SMOKE)
     smoke_evals: dict | None = None   # evaluators of a smoke row (default: MAE's SMOKE_EVALS)
     paper_note: str = ""   # what the paper columns are, when they are not the metric itself
+    noise: float = 0.0     # claim-metric spread (fraction) below which the ordering is "inconclusive"
 
 
 # The CIFAR-10 mini ablations: a ViT-Pico/4 MAE on the 10,000 bundled CIFAR-10 training images,
@@ -120,6 +121,8 @@ _MLM_SMOKE_EVALS = {
     "mlm": {"type": "mlm", "batch_size": 8, "batches": 2},
     "order": {"type": "text_classify", "n_train": 64, "n_test": 32, "seq_len": 32, "epochs": 1, "batch_size": 16},
 }
+# Two binomial standard errors of an accuracy near 50 % on the 1,000 test sentences.
+_ORDER_NOISE = 2 * (0.25 / 1000) ** 0.5
 _BERT_15 = {"masking.ratio": 0.15, "masking.mix": (0.8, 0.1, 0.1), "masking.max_predictions": 21}
 _WETTIG = ("Wettig et al. 2023 README 'Model List' (RoBERTa-large size, efficient recipe, GLUE dev MNLI); "
            "specs/methods_text_gen.md 4c")
@@ -135,7 +138,8 @@ TABLES.update({
              {"order-task accuracy": 84.5})),
         _MLM_METRICS, _WETTIG, "40 % masking with all-[MASK] replacement fine-tunes best (MNLI 84.5)",
         "40%, all [MASK]", "order-task accuracy", setup=_MLM_SETUP, smoke=_MLM_SMOKE, smoke_evals=_MLM_SMOKE_EVALS,
-        paper_note="The paper column under 'order-task accuracy' is the paper's MNLI dev accuracy."),
+        paper_note="The paper column under 'order-task accuracy' is the paper's MNLI dev accuracy.",
+        noise=_ORDER_NOISE),
     "mlm_wikitext_electra": Table(
         "mlm_wikitext_electra", "ELECTRA vs BERT at the same size and steps", _MLM_CONFIG, _MLM_BASE,
         (Row("BERT-Tiny (MLM 15%)", _BERT_15, {"order-task accuracy": 75.1}),
@@ -148,7 +152,8 @@ TABLES.update({
         "ELECTRA-Tiny (RTD, generator 1/4)", "order-task accuracy", setup=_MLM_SETUP, smoke=_MLM_SMOKE,
         smoke_evals=_MLM_SMOKE_EVALS,
         paper_note="The paper column under 'order-task accuracy' is the paper's GLUE dev average; ELECTRA's "
-                   "held-out MLM accuracy is its small generator's."),
+                   "held-out MLM accuracy is its small generator's.",
+        noise=_ORDER_NOISE),
 })
 
 SMOKE = {"model.variant": "mu/4", "data.image_size": 16, "model.decoder_width": 32, "model.decoder_heads": 2,
@@ -266,11 +271,14 @@ def _fmt(value) -> str:
     return "—" if value is None else f"{value:.1f}"
 
 
-def render(table: Table, results: list[dict], *, smoke: bool) -> str:
-    """The markdown page of a table: measured columns, paper columns, provenance, ordering check."""
+def render(table: Table, results: list[dict], *, smoke: bool, machine: str | None = None) -> str:
+    """The markdown page of a table: measured columns, paper columns, provenance, ordering check.
+
+    ``machine`` describes the hardware the rows ran on (default: this machine).
+    """
     commits = ", ".join(f"`{c}`" for c in sorted({res.get("commit", "unknown") for res in results}))
     lines = [f"# {table.title}", "",
-             f"Measured by `maskjax repro {table.name}{' --smoke' if smoke else ''}` on {hardware()}; rows "
+             f"Measured by `maskjax repro {table.name}{' --smoke' if smoke else ''}` on {machine or hardware()}; rows "
              f"measured at commit {commits}; page written {datetime.date.today().isoformat()}; the rows took "
              f"{sum(res['wall_s'] for res in results) / 60:.1f} min in all (see the wall column).", "",
              "Setup: " + _setup_text(table, smoke), "",
@@ -287,6 +295,10 @@ def render(table: Table, results: list[dict], *, smoke: bool) -> str:
     scores = {row.label: res["metrics"].get(key) for row, res in zip(table.rows, results)}
     best = max(scores, key=lambda k: -1 if scores[k] is None else scores[k])
     verdict = "reproduced" if best == table.expect_best else "not reproduced"
+    known = [v for v in scores.values() if v is not None]
+    if known and max(known) - min(known) < table.noise:
+        verdict = (f"inconclusive: every row is within {100 * table.noise:.1f} points (the evaluation's noise "
+                   "level) of the others")
     lines += ["", "wall: the row's time in the run that produced its numbers; † marks rows that resumed from an "
               "existing checkpoint (e.g. re-evaluated after an evaluator changed), so their time excludes "
               "(some of) the pre-training.", "",
