@@ -15,6 +15,7 @@ commands:
   eval             run evaluators on a checkpoint (maskjax eval --config ... --workdir ...)
   plot             training curves of a run as a PNG (maskjax plot WORKDIR)
   repro            run a reproduction table into docs/results (maskjax repro --list)
+  launch           multi-process / TPU pod / xpk / SLURM launch commands (maskjax launch -h; --dry-run)
 """
 
 
@@ -58,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         from maskjax.repro import main as repro_main
 
         return repro_main(rest)
+    if command == "launch":
+        from maskjax.launch import main as launch_main
+
+        return launch_main(rest)
     if command == "plot":
         from maskjax.eval.cli import plot_main
 

@@ -19,6 +19,16 @@ _NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes in a m
 _PID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
 _AUTO = flags.DEFINE_bool("distributed_auto", False, "Let JAX detect the cluster (TPU pod, SLURM, k8s).")
 _TIMEOUT = flags.DEFINE_integer("init_timeout", 300, "Seconds to wait for all processes to join.")
+_STEP_TIMEOUT = flags.DEFINE_float("step_timeout", None, "Seconds without a finished step before the watchdog "
+                                   "dumps all thread stacks (0: off; default: config.watchdog_seconds).")
+_FIRST_STEP_TIMEOUT = flags.DEFINE_float("first_step_timeout", None, "Allowance for the first step "
+                                         "(compilation); default: step_timeout.")
+_STEP_TIMEOUT_ABORT = flags.DEFINE_bool("step_timeout_abort", False, "Exit with status 75 after a watchdog "
+                                        "report, so a launcher stops the other processes.")
+_EXPECTED_DEVICES = flags.DEFINE_integer("expected_devices", None, "Fail before training unless JAX sees this "
+                                         "many devices in all.")
+_PREFLIGHT_TIMEOUT = flags.DEFINE_float("preflight_timeout", 120, "Seconds to wait for every process's "
+                                        "preflight report.")
 
 
 def _default_workdir(config_arg: str) -> str:
@@ -37,18 +47,30 @@ def main(argv) -> None:
     from maskjax.train import distributed
 
     distributed.initialize(_COORD.value, _NPROC.value, _PID.value, auto=_AUTO.value, timeout_s=_TIMEOUT.value)
-    from maskjax.train.checkpoint import DataStateMismatch
-    from maskjax.train.loop import NonFiniteLoss, train
-    from maskjax.train.validate import ConfigError
+    from maskjax.train.watchdog import StepWatchdog, exit_fast_on_error
 
-    config = _CONFIG.value
-    workdir = _WORKDIR.value or _default_workdir(flags.FLAGS["config"].config_filename)
-    try:
-        result = train(config, workdir, stop_at_step=_STOP_AT.value, run_evals=not _NO_EVALS.value)
-    except (ConfigError, DataStateMismatch, NonFiniteLoss) as e:
-        # Problems the user can act on get their message, not a stack trace.
-        sys.exit(f"maskjax: {e}")
-    print(f"done: step {result.step}/{result.total_steps}, workdir {workdir}", flush=True)
+    # In a multi-process job an exception on one process must end it at once: otherwise it
+    # waits in the shutdown barrier while the others wait in a collective, and nobody exits.
+    with exit_fast_on_error():
+        from maskjax.train.checkpoint import DataStateMismatch
+        from maskjax.train.loop import NonFiniteLoss, config_hash, train
+        from maskjax.train.preflight import PreflightError, preflight
+        from maskjax.train.validate import ConfigError
+
+        config = _CONFIG.value
+        workdir = _WORKDIR.value or _default_workdir(flags.FLAGS["config"].config_filename)
+        timeout = _STEP_TIMEOUT.value if _STEP_TIMEOUT.value is not None else config.get("watchdog_seconds", 0)
+        watchdog = StepWatchdog(timeout or 0, abort=_STEP_TIMEOUT_ABORT.value,
+                                first_timeout_s=_FIRST_STEP_TIMEOUT.value)
+        try:
+            preflight(config_hash(config), expected_devices=_EXPECTED_DEVICES.value,
+                      timeout_s=_PREFLIGHT_TIMEOUT.value)
+            result = train(config, workdir, stop_at_step=_STOP_AT.value, run_evals=not _NO_EVALS.value,
+                           watchdog=watchdog)
+        except (ConfigError, DataStateMismatch, NonFiniteLoss, PreflightError) as e:
+            # Problems the user can act on get their message, not a stack trace.
+            sys.exit(f"maskjax: {e}")
+        print(f"done: step {result.step}/{result.total_steps}, workdir {workdir}", flush=True)
 
 
 def run(argv: list[str] | None = None) -> None:

@@ -132,14 +132,19 @@ def evaluate(config, workdir: str, state: dict, template: ModelTemplate, method,
     return run_evaluators(host_model(template, state), context, names)
 
 
-def train(config, workdir: str, *, stop_at_step: int | None = None, run_evals: bool = True) -> TrainResult:
+def train(config, workdir: str, *, stop_at_step: int | None = None, run_evals: bool = True,
+          watchdog=None) -> TrainResult:
     """Trains ``config`` in ``workdir``, resuming from the newest checkpoint there if any.
 
     ``stop_at_step`` ends the run early (with a checkpoint) as a preemption would; the schedule
     still follows the full run, so a later call continues exactly where this one stopped.
     Evaluators in ``config.evals`` run at their interval and after the last step
-    (``run_evals=False`` skips them).
+    (``run_evals=False`` skips them). ``watchdog`` (a :class:`~maskjax.train.watchdog.StepWatchdog`)
+    reports a step that does not finish in time; by default one of ``config.watchdog_seconds``.
     """
+    from maskjax.train.watchdog import StepWatchdog
+
+    watchdog = watchdog or StepWatchdog(config.get("watchdog_seconds", 0) or 0)
     validate_config(config)
     os.makedirs(workdir, exist_ok=True)
     rules = normalize_rules(config.sharding_rules)
@@ -221,7 +226,7 @@ def train(config, workdir: str, *, stop_at_step: int | None = None, run_evals: b
         last_ckpt = step
 
     try:
-        with jax.set_mesh(mesh):
+        with jax.set_mesh(mesh), watchdog:
             while step < stop:
                 t0 = time.perf_counter()
                 host_batch = next(data_iter)
@@ -233,8 +238,10 @@ def train(config, workdir: str, *, stop_at_step: int | None = None, run_evals: b
                     flush()
                 if step % ckpt.every_steps == 0:
                     save()
+                watchdog.beat(step)
                 if run_evals and step < total_steps:
-                    results = evaluate(config, workdir, state, template, method, source, step, final=False)
+                    with watchdog.paused():  # evaluations are not stalled steps
+                        results = evaluate(config, workdir, state, template, method, source, step, final=False)
                     if results:
                         writer.write(step, results)
             save(force=True)
