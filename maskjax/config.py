@@ -166,14 +166,8 @@ def wikitext2_data(config: ml_collections.ConfigDict, vocab_size: int = 8192) ->
 def text_smoke(config: ml_collections.ConfigDict, *, global_batch: int = 8, steps: int = 2) -> None:
     """Shrinks a text recipe's run (not its model) to a few CPU steps on WikiText-2."""
     wikitext2_data(config)
-    config.global_batch = global_batch
-    config.grad_accum = 1
-    config.total_steps = steps
+    _shrink_run(config, global_batch, steps)
     config.optim.warmup_steps = 1
-    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, -1, 1
-    config.log_every_steps = 1
-    config.checkpoint.every_steps = steps
-    config.evals = ml_collections.ConfigDict()
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
@@ -246,10 +240,15 @@ def embedded_data(config: ml_collections.ConfigDict, image_size: int | None = No
 def smoke(config: ml_collections.ConfigDict, *, global_batch: int = 8, steps: int = 2) -> None:
     """Shrinks a recipe's run (not its model) to a few CPU steps on the embedded images."""
     embedded_data(config)
+    _shrink_run(config, global_batch, steps)
+    config.optim.warmup_epochs = 0.0
+
+
+def _shrink_run(config: ml_collections.ConfigDict, global_batch: int, steps: int) -> None:
+    """A few logged steps on whatever devices there are, with no evaluators."""
     config.global_batch = global_batch
     config.grad_accum = 1
     config.total_steps = steps
-    config.optim.warmup_epochs = 0.0
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, -1, 1
     config.log_every_steps = 1
     config.checkpoint.every_steps = steps

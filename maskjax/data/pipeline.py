@@ -132,31 +132,10 @@ def make_image_pipeline(
     """
     if augment not in AUGMENTATIONS:
         raise ValueError(f"unknown augment {augment!r}; expected one of {', '.join(AUGMENTATIONS)}")
-    if process_index is None:
-        process_index = jax.process_index()
-    if process_count is None:
-        process_count = jax.process_count()
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-    if global_batch <= 0 or global_batch % process_count:
-        raise ValueError(
-            f"global_batch {global_batch} is not divisible by the process count {process_count}"
-        )
-    if num_epochs is not None and num_epochs < 1:
-        raise ValueError(f"num_epochs must be >= 1 or None, got {num_epochs}")
-    if num_workers < 0:
-        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-    per_process_batch = global_batch // process_count
-
-    ds = grain.MapDataset.source(source).seed(seed)
-    if drop_remainder:
-        ds = ds[: len(ds) // process_count * process_count]
-    ds = ds[process_index::process_count]
-    if len(ds) < per_process_batch and drop_remainder:
-        raise ValueError(
-            f"process {process_index} has {len(ds)} examples, fewer than its batch "
-            f"{per_process_batch}; with drop_remainder=True it would yield no batches"
-        )
+    ds, process_index, per_process_batch = process_shard(
+        source, global_batch=global_batch, seed=seed, process_index=process_index,
+        process_count=process_count, num_epochs=num_epochs, num_workers=num_workers,
+        drop_remainder=drop_remainder, unit="examples")
     if train:
         # Explicit per-process seed: the index-based shuffle is reseeded with (seed + epoch) once
         # repeat() feeds it indices past the first epoch.
@@ -174,9 +153,49 @@ def make_image_pipeline(
 
         ds = ds.random_map(RandomErasing(0.25), seed=_process_seed(seed, process_index, 99))
     ds = ds.map(ImageLabelOnly())
+    return batch_and_iterate(ds, per_process_batch, train=train, num_epochs=num_epochs,
+                             num_workers=num_workers, drop_remainder=drop_remainder, read_options=read_options)
+
+
+def process_shard(source, *, global_batch: int, seed: int, process_index: int | None, process_count: int | None,
+                  num_epochs: int | None, num_workers: int, drop_remainder: bool, unit: str = "examples"):
+    """Validates the arguments and returns ``(dataset, process_index, per_process_batch)``.
+
+    The seeded ``MapDataset`` holds this process's strided shard of ``source``. With
+    ``drop_remainder`` the source is first trimmed to a multiple of ``process_count`` so every
+    process yields the same number of batches (unequal counts would hang multi-host
+    collectives). Shared by the image and text pipelines.
+    """
+    if process_index is None:
+        process_index = jax.process_index()
+    if process_count is None:
+        process_count = jax.process_count()
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    if global_batch <= 0 or global_batch % process_count:
+        raise ValueError(f"global_batch {global_batch} is not divisible by the process count {process_count}")
+    if num_epochs is not None and num_epochs < 1:
+        raise ValueError(f"num_epochs must be >= 1 or None, got {num_epochs}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    per_process_batch = global_batch // process_count
+    ds = grain.MapDataset.source(source).seed(seed)
+    if drop_remainder:
+        ds = ds[: len(ds) // process_count * process_count]
+    ds = ds[process_index::process_count]
+    if len(ds) < per_process_batch and drop_remainder:
+        raise ValueError(
+            f"process {process_index} has {len(ds)} {unit}, fewer than its batch "
+            f"{per_process_batch}; with drop_remainder=True it would yield no batches")
+    return ds, process_index, per_process_batch
+
+
+def batch_and_iterate(ds, per_process_batch: int, *, train: bool, num_epochs: int | None, num_workers: int,
+                      drop_remainder: bool, read_options=None):
+    """Batches, repeats (forever when training) and turns ``ds`` into a checkpointable IterDataset."""
     ds = ds.batch(per_process_batch, drop_remainder=drop_remainder)
     # repeat() after the random maps: it forwards indices beyond the first epoch to the parents,
-    # so shuffle order and crops/flips differ every epoch (grain's reseed_each_epoch).
+    # so shuffle order and random transforms differ every epoch (grain's reseed_each_epoch).
     epochs = num_epochs if num_epochs is not None else (None if train else 1)
     if epochs != 1:
         ds = ds.repeat(epochs)

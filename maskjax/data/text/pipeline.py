@@ -24,10 +24,9 @@ import tempfile
 from typing import Any, Sequence
 
 import grain
-import jax
 import numpy as np
 
-from maskjax.data.pipeline import to_global_batch
+from maskjax.data.pipeline import batch_and_iterate, process_shard, to_global_batch
 from maskjax.data.text.packing import BLOCK_FIELDS, NSP_FIELD, PackedBlocks, nsp_pairs, pack_blocks
 
 __all__ = ["PackedBlocks", "make_text_pipeline", "prepare_text_blocks", "to_global_batch"]
@@ -95,29 +94,10 @@ def make_text_pipeline(
         batching (e.g. dynamic masking); random ones get a per-process seed each.
       read_options: grain read threads / buffer (default 4 threads, 64 elements ahead).
     """
-    if process_index is None:
-        process_index = jax.process_index()
-    if process_count is None:
-        process_count = jax.process_count()
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-    if global_batch <= 0 or global_batch % process_count:
-        raise ValueError(f"global_batch {global_batch} is not divisible by the process count {process_count}")
-    if num_epochs is not None and num_epochs < 1:
-        raise ValueError(f"num_epochs must be >= 1 or None, got {num_epochs}")
-    if num_workers < 0:
-        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-    per_process_batch = global_batch // process_count
-
-    ds = grain.MapDataset.source(blocks_source).seed(seed)
-    if drop_remainder:
-        ds = ds[: len(ds) // process_count * process_count]
-    ds = ds[process_index::process_count]
-    if len(ds) < per_process_batch and drop_remainder:
-        raise ValueError(
-            f"process {process_index} has {len(ds)} blocks, fewer than its batch {per_process_batch}; "
-            "with drop_remainder=True it would yield no batches"
-        )
+    ds, process_index, per_process_batch = process_shard(
+        blocks_source, global_batch=global_batch, seed=seed, process_index=process_index,
+        process_count=process_count, num_epochs=num_epochs, num_workers=num_workers,
+        drop_remainder=drop_remainder, unit="blocks")
     if train:
         # Per-process seed; repeat() past the first epoch reseeds it with (seed + epoch).
         ds = ds.shuffle(seed=_process_seed(seed, process_index, 0))
@@ -127,16 +107,8 @@ def make_text_pipeline(
             ds = ds.random_map(transform, seed=_process_seed(seed, process_index, 100 + stream))
         else:
             ds = ds.map(transform)
-    ds = ds.batch(per_process_batch, drop_remainder=drop_remainder)
-    epochs = num_epochs if num_epochs is not None else (None if train else 1)
-    if epochs != 1:
-        ds = ds.repeat(epochs)
-    if read_options is None:
-        read_options = grain.ReadOptions(num_threads=4, prefetch_buffer_size=64)
-    it_ds = ds.to_iter_dataset(read_options)
-    if num_workers > 0:
-        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-    return it_ds
+    return batch_and_iterate(ds, per_process_batch, train=train, num_epochs=num_epochs,
+                             num_workers=num_workers, drop_remainder=drop_remainder, read_options=read_options)
 
 
 def _source_key(kind: str, path, name, split, data_dir, text_field, doc_format) -> dict:
