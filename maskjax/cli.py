@@ -15,6 +15,8 @@ commands:
   eval             run evaluators on a checkpoint (maskjax eval --config ... --workdir ...)
   plot             training curves of a run as a PNG (maskjax plot WORKDIR)
   repro            run a reproduction table into docs/results (maskjax repro --list)
+  bench            time the train step: compile, step time, throughput, FLOPs, MFU, data wait (maskjax bench -h)
+  fitcheck         compile the train step ahead of time for a target mesh / TPU topology: memory and fit
   launch           multi-process / TPU pod / xpk / SLURM launch commands (maskjax launch -h; --dry-run)
 """
 
@@ -59,6 +61,14 @@ def main(argv: list[str] | None = None) -> int:
         from maskjax.repro import main as repro_main
 
         return repro_main(rest)
+    if command == "bench":
+        from maskjax.bench import main as bench_main
+
+        return bench_main(rest)
+    if command == "fitcheck":
+        from maskjax.fitcheck import main as fitcheck_main
+
+        return fitcheck_main(rest)
     if command == "launch":
         from maskjax.launch import main as launch_main
 

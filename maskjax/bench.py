@@ -1,0 +1,424 @@
+"""``maskjax bench``: compile time, step time, throughput, FLOPs, MFU and data wait of a config.
+
+The state and the jitted step are built with the trainer's own functions (``schedule_steps``,
+``make_optimizer``, ``ModelTemplate``, ``create_state`` / ``abstract_state``,
+``make_train_step``), in the same order as :func:`maskjax.train.loop.train`, so the program
+timed here is the program ``maskjax train`` runs. Nothing is written but the text vocabulary
+cache (``<workdir>/cache``, as the trainer does); no checkpoint, no evaluator.
+
+Timing (async dispatch): every timed step is ``next(iterator)`` -> ``to_global_batch`` ->
+compiled step -> ``jax.block_until_ready`` on the new state and metrics, so each step's time
+is its own and no work leaks into the next one. The step time is from the host batch being
+in hand to the block returning (transfer + compute); the data wait is the time spent in
+``next(iterator)`` over the whole loop time. The trainer does not block per step, so it can
+overlap a little more of the input with compute than this loop (grain's background threads
+prefetch in both); the data wait here is therefore an upper bound of the trainer's.
+
+FLOPs: ``maskjax.flops`` (analytic, matmuls only, training = 3 x forward) and XLA's
+``compiled.cost_analysis()["flops"]``. The latter describes the SPMD-partitioned per-device
+program, so it is multiplied by the number of devices to compare with the global count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import itertools
+import json
+import math
+import statistics
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+# Dense peak TFLOP/s per device (bf16/fp16 matmul, float32 matmul). TPUs run float32 matmuls as
+# bf16 passes at default precision, so their bf16 peak is the reference for both. First match wins.
+PEAK_TFLOPS: tuple[tuple[str, float, float], ...] = (
+    ("h200", 989.0, 67.0),
+    ("h100", 989.0, 67.0),
+    ("a100", 312.0, 19.5),
+    ("tpu v4", 275.0, 275.0),
+    ("tpu v5 lite", 197.0, 197.0),
+    ("tpu v5e", 197.0, 197.0),
+    ("tpu v5", 459.0, 459.0),   # v5p reports "TPU v5"
+    ("tpu v6 lite", 918.0, 918.0),
+    ("tpu v6e", 918.0, 918.0),
+)
+
+# Stand-in special token ids for text methods when no vocabulary exists (fit checks and synthetic
+# benches): they only decide which positions may be masked, never a shape or a FLOP.
+_SYNTHETIC_IDS = dict(cls_id=2, sep_id=3, pad_id=0, mask_id=4)
+
+
+def peak_tflops(device_kind: str, compute_dtype: str = "float32") -> float | None:
+    """Dense peak TFLOP/s of one device of ``device_kind`` for ``compute_dtype`` (None if unknown)."""
+    kind = device_kind.lower()
+    for needle, bf16, f32 in PEAK_TFLOPS:
+        if needle in kind:
+            return f32 if compute_dtype == "float32" else bf16
+    return None
+
+
+def parse_overrides(config, items: list[str]) -> dict[str, Any]:
+    """``["optim.base_lr=1e-3", ...]`` -> typed values, converted to the type of the current field.
+
+    Booleans accept true/false/1/0; unset (None) fields and tuples take a Python literal
+    (falling back to the string). Unknown keys raise KeyError naming the key.
+    """
+    out = {}
+    for item in items:
+        key, eq, text = item.partition("=")
+        if not eq:
+            raise ValueError(f"override {item!r} is not key=value")
+        node = config
+        for part in key.split("."):
+            if part not in node:
+                raise KeyError(f"unknown config field {key!r}")
+            node = node[part]
+        if isinstance(node, bool):
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(f"override {key}: expected a boolean, got {text!r}")
+            out[key] = text.lower() in ("true", "1", "yes")
+        elif isinstance(node, (int, float, str)):
+            out[key] = type(node)(text)
+        else:
+            try:
+                out[key] = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                out[key] = text
+    return out
+
+
+def load(spec: str, overrides: list[str], batch: int | None = None):
+    """Loads ``FILE[:arg]``, applies ``--override`` items and an optional global batch."""
+    from maskjax.config import apply_overrides, load_config
+
+    config = load_config(spec)
+    apply_overrides(config, parse_overrides(config, overrides))
+    if batch:
+        config.global_batch = int(batch)
+    return config
+
+
+@dataclasses.dataclass
+class StepSetup:
+    """The trainer's objects for one config on one mesh (see :func:`build_setup`)."""
+
+    config: Any
+    method: Any
+    template: Any
+    tx: Any
+    mesh: Any
+    rules: Any
+    init_key: Any
+    abstract_state: dict       # ShapeDtypeStructs carrying the state's shardings
+    state_shardings: dict
+    batch_sharding: Any
+    step_fn: Any               # the jitted train step (state donated)
+
+
+def ensure_special_ids(method, config) -> bool:
+    """Gives a text method stand-in special ids when no vocabulary file exists; True if it did."""
+    import os
+
+    if getattr(type(method), "ids", None) is None:
+        return False  # not a text method
+    path = config.data.get("vocab_path")
+    if path and os.path.exists(path):
+        return False
+    from maskjax.methods.text_common import SpecialIds
+
+    # `ids` is a cached_property: presetting the instance attribute skips reading a vocab.txt.
+    method.__dict__["ids"] = SpecialIds(vocab_size=int(config.model.vocab_size), **_SYNTHETIC_IDS)
+    return True
+
+
+def nominal_examples(config) -> int:
+    """An example count for the lr schedule when no data is opened (the schedule shapes no memory)."""
+    steps = config.total_steps or 1000
+    return int(config.data.get("num_train_examples") or config.global_batch * steps)
+
+
+def build_setup(config, mesh, num_examples: int) -> StepSetup:
+    """Method, schedule, optimizer, abstract state and jitted step exactly as ``train()`` builds them."""
+    import jax
+
+    from maskjax.methods import make_method
+    from maskjax.train.loop import schedule_steps
+    from maskjax.train.optim import make_optimizer, make_schedule, peak_lr
+    from maskjax.train.sharding import batch_sharding, normalize_rules
+    from maskjax.train.state import ModelTemplate, abstract_state
+    from maskjax.train.step import make_train_step
+
+    rules = normalize_rules(config.sharding_rules)
+    method = make_method(config)
+    ensure_special_ids(method, config)
+    _, total_steps, warmup_steps = schedule_steps(config, num_examples)
+    lr = peak_lr(config.optim.base_lr, config.global_batch, config.optim.lr_batch_denominator)
+    schedule = make_schedule(config.optim, lr, warmup_steps, total_steps)
+    tx = make_optimizer(config.optim, schedule)
+    template = ModelTemplate.from_builder(method.build)
+    base_key = jax.random.key(config.seed)
+    init_key, step_key = jax.random.fold_in(base_key, 0), jax.random.fold_in(base_key, 1)
+    target, shardings = abstract_state(template, method.build, tx, mesh, rules, init_key)
+    bsharding = batch_sharding(mesh, rules)
+    step_fn = make_train_step(method, template, tx, schedule, base_key=step_key,
+                              global_batch=config.global_batch, accum=config.grad_accum,
+                              state_shardings=shardings, batch_sharding=bsharding)
+    return StepSetup(config, method, template, tx, mesh, rules, init_key, target, shardings, bsharding, step_fn)
+
+
+def batch_spec(config) -> dict:
+    """Global shapes and dtypes of one training batch, by the method's modality (no data read)."""
+    import jax
+    import jax.numpy as jnp
+
+    from maskjax.methods import method_modality
+
+    b = int(config.global_batch)
+    modality = method_modality(config.method)
+    if modality == "image":
+        s, c = int(config.data.image_size), int(config.model.get("in_chans", 3))
+        return {"image": jax.ShapeDtypeStruct((b, s, s, c), jnp.float32),
+                "label": jax.ShapeDtypeStruct((b,), jnp.int32)}
+    if modality == "text":
+        length = int(config.data.seq_len)
+        spec = {k: jax.ShapeDtypeStruct((b, length), jnp.int32)
+                for k in ("input_ids", "segment_ids", "input_mask", "word_start")}
+        if config.data.get("nsp"):
+            spec["nsp_label"] = jax.ShapeDtypeStruct((b,), jnp.int32)
+        return spec
+    raise ValueError(f"no batch layout for modality {modality!r} (method {config.method!r})")
+
+
+def synthetic_batch(config, seed: int = 0) -> dict:
+    """A host batch of random values with :func:`batch_spec`'s shapes (this process's share)."""
+    import jax
+
+    rng = np.random.default_rng(seed)
+    share = jax.process_count()
+    out = {}
+    for name, s in batch_spec(config).items():
+        shape = (s.shape[0] // share,) + tuple(s.shape[1:])
+        if name == "image":
+            out[name] = rng.standard_normal(shape, dtype=np.float32)
+        elif name == "input_ids":
+            ids = rng.integers(5, int(config.model.vocab_size), shape, dtype=np.int32)
+            ids[:, 0], ids[:, -1] = _SYNTHETIC_IDS["cls_id"], _SYNTHETIC_IDS["sep_id"]
+            out[name] = ids
+        elif name in ("input_mask", "word_start"):
+            out[name] = np.ones(shape, np.int32)
+        elif name in ("label", "nsp_label"):
+            out[name] = rng.integers(0, 2, shape, dtype=np.int32)
+        else:
+            out[name] = np.zeros(shape, np.int32)
+    return out
+
+
+def xla_flops(compiled, num_devices: int) -> float | None:
+    """Global FLOPs of a compiled step from XLA's cost analysis (per-device program x devices)."""
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 - some backends do not implement it
+        return None
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    flops = (cost or {}).get("flops")
+    return float(flops) * num_devices if flops and flops > 0 else None
+
+
+def memory_breakdown(compiled) -> dict[str, int] | None:
+    """Per-device bytes from ``compiled.memory_analysis()``; total = args + outputs - aliased + temps + code."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001
+        return None
+    if m is None:
+        return None
+    out = {"arguments": int(m.argument_size_in_bytes), "outputs": int(m.output_size_in_bytes),
+           "aliased": int(m.alias_size_in_bytes), "temporaries": int(m.temp_size_in_bytes),
+           "generated_code": int(m.generated_code_size_in_bytes)}
+    # Donated state buffers are reused for the new state: count them once.
+    out["total"] = out["arguments"] + out["outputs"] - out["aliased"] + out["temporaries"] + out["generated_code"]
+    return out
+
+
+def device_peak_bytes(devices) -> int | None:
+    """Largest ``peak_bytes_in_use`` over ``devices`` (None where the backend keeps no stats, e.g. CPU)."""
+    peaks = []
+    for d in devices:
+        try:
+            stats = d.memory_stats()
+        except Exception:  # noqa: BLE001
+            stats = None
+        if stats and "peak_bytes_in_use" in stats:
+            peaks.append(int(stats["peak_bytes_in_use"]))
+    return max(peaks) if peaks else None
+
+
+def bench_config(config, *, label: str, steps: int = 20, warmup: int = 3, synthetic: bool = False,
+                 workdir: str = "runs/bench", peak: float | None = None, log=None) -> dict:
+    """Benchmarks the train step of ``config``; returns one row (see :func:`format_row`)."""
+    import jax
+
+    from maskjax.data.pipeline import to_global_batch
+    from maskjax.flops import model_flops
+    from maskjax.train.loop import data_modality
+    from maskjax.train.sharding import make_mesh
+    from maskjax.train.state import create_state
+    from maskjax.train.validate import validate_config
+
+    say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"need --steps >= 1 and --warmup >= 0, got {steps} and {warmup}")
+    if not synthetic:
+        validate_config(config)
+    mesh = make_mesh(config.mesh)
+    if synthetic:
+        num_examples, iterator = nominal_examples(config), itertools.repeat(synthetic_batch(config, config.seed))
+    else:
+        modality = data_modality(config)
+        modality.prepare(config, workdir)
+        source = modality.open_source(config, "train")
+        num_examples = config.data.num_train_examples or len(source)
+        iterator = iter(modality.make_pipeline(config, source, train=True))
+    setup = build_setup(config, mesh, num_examples)
+    state, _ = create_state(setup.template, setup.method.build, setup.tx, mesh, setup.rules, setup.init_key)
+    bsharding = setup.batch_sharding
+    say(f"bench {label}: {setup.template.num_params() / 1e6:.2f}M params, mesh {dict(mesh.shape)}, compiling")
+    with jax.set_mesh(mesh):
+        first = to_global_batch(next(iterator), bsharding)  # pipeline start-up stays out of the timings
+        t0 = time.perf_counter()
+        compiled = setup.step_fn.lower(state, first).compile()
+        compile_s = time.perf_counter() - t0
+        del first
+        data_s, step_s, total_s = [], [], []
+        metrics = {}
+        for i in range(warmup + steps):
+            t0 = time.perf_counter()
+            host = next(iterator)
+            t1 = time.perf_counter()
+            state, metrics = compiled(state, to_global_batch(host, bsharding))
+            jax.block_until_ready((state, metrics))
+            t2 = time.perf_counter()
+            if i >= warmup:
+                data_s.append(t1 - t0)
+                step_s.append(t2 - t1)
+                total_s.append(t2 - t0)
+    loss = float(jax.device_get(metrics["loss"]))
+    if not math.isfinite(loss):
+        say(f"bench {label}: warning: the loss is {loss} after {warmup + steps} steps")
+    flops = model_flops(config)
+    xla = xla_flops(compiled, mesh.size)
+    median = statistics.median(step_s)
+    examples = config.global_batch / median
+    kind = mesh.devices.flat[0].device_kind
+    per_device_peak = peak if peak is not None else peak_tflops(kind, config.compute_dtype)
+    achieved = flops.train / median / 1e12
+    mem_device = device_peak_bytes(mesh.devices.flat)
+    mem_compiled = memory_breakdown(compiled)
+    return {
+        "config": label, "method": config.method, "params": setup.template.num_params(),
+        "global_batch": int(config.global_batch), "devices": int(mesh.size), "device_kind": kind,
+        "compute_dtype": config.compute_dtype, "compile_s": compile_s,
+        "step_s_median": median, "step_s_min": min(step_s), "step_s_max": max(step_s),
+        "steps": steps, "warmup": warmup,
+        "examples_per_s": examples, "examples_per_s_end_to_end": config.global_batch / statistics.median(total_s),
+        "token": flops.token, "tokens_per_example": flops.tokens_per_example,
+        "tokens_per_s": examples * flops.tokens_per_example,
+        "analytic_flops": flops.train, "xla_flops": xla, "xla_over_analytic": xla / flops.train if xla else None,
+        "achieved_tflops": achieved, "peak_tflops_per_device": per_device_peak,
+        "mfu": achieved / (per_device_peak * mesh.size) if per_device_peak else None,
+        "data_wait": None if synthetic else sum(data_s) / sum(total_s), "synthetic_data": synthetic,
+        "peak_bytes": mem_device if mem_device is not None else (mem_compiled or {}).get("total"),
+        "peak_bytes_source": "device" if mem_device is not None else "compiled",
+        "compiled_memory": mem_compiled, "final_loss": loss,
+    }
+
+
+HEADER = ("| config | method | params | global batch | compile (s) | step (s) median [min, max] | examples/s "
+          "| tokens/s | model TFLOP/step (analytic) | XLA TFLOP/step | XLA/analytic | TFLOP/s | MFU | data wait "
+          "| peak mem/device |")
+
+
+def fmt_bytes(n: float | None) -> str:
+    """1536 -> '1.5 KiB' (binary units); None -> 'n/a'."""
+    if n is None:
+        return "n/a"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} TiB"
+
+
+def format_row(r: dict) -> str:
+    """One markdown table row of a :func:`bench_config` result (columns of :data:`HEADER`)."""
+    def num(x, spec):
+        return "n/a" if x is None else format(x, spec)
+
+    mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+    wait = "synthetic" if r["synthetic_data"] else f"{100 * r['data_wait']:.1f}%"
+    mem = fmt_bytes(r["peak_bytes"]) + ("" if r["peak_bytes_source"] == "device" else " (compiled)")
+    cells = [
+        f"`{r['config']}`", r["method"], f"{r['params'] / 1e6:.2f}M", str(r["global_batch"]), f"{r['compile_s']:.1f}",
+        f"{r['step_s_median']:.4f} [{r['step_s_min']:.4f}, {r['step_s_max']:.4f}]", f"{r['examples_per_s']:.1f}",
+        f"{r['tokens_per_s']:.0f}", f"{r['analytic_flops'] / 1e12:.4g}",
+        num(None if r["xla_flops"] is None else r["xla_flops"] / 1e12, ".4g"), num(r["xla_over_analytic"], ".3f"),
+        f"{r['achieved_tflops']:.3g}", mfu, wait, mem,
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+LEGEND = """\
+Step time: one step with the batch in hand, blocked with jax.block_until_ready (median of the timed steps
+after warm-up). Tokens: mae = image patches (all L per image), bert/electra = text token positions (seq_len
+per block). FLOPs: analytic = matmuls at 2 FLOPs per multiply-add, training = 3 x forward (maskjax/flops.py);
+XLA = compiled.cost_analysis() x devices (adds elementwise and optimizer work). MFU = analytic TFLOP/s over
+the device peak (n/a where unknown, e.g. CPU without --peak-tflops). Data wait = time in next(iterator) /
+loop time with the real input pipeline."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``maskjax bench --config FILE[:arg] [--config ...] [--steps 20] [--warmup 3] [--batch N] ...``."""
+    p = argparse.ArgumentParser(prog="maskjax bench", description="Time the training step of configs.")
+    p.add_argument("--config", action="append", required=True, help="FILE[:arg]; repeat for several rows")
+    p.add_argument("--steps", type=int, default=20, help="timed steps after warm-up (default 20)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps after compilation (default 3)")
+    p.add_argument("--batch", type=int, default=None, help="global batch (default: the config's)")
+    p.add_argument("--override", action="append", default=[], help="config override key=value (repeatable)")
+    p.add_argument("--synthetic-data", action="store_true", help="random batches instead of the input pipeline")
+    p.add_argument("--peak-tflops", type=float, default=None, help="device peak TFLOP/s for MFU (default: table)")
+    p.add_argument("--workdir", default="runs/bench", help="where a text vocabulary is cached (default runs/bench)")
+    p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()  # grain reads absl flags outside absl.app.run
+    from maskjax.train.validate import ConfigError
+
+    rows = []
+    print(HEADER + "\n|" + "---|" * HEADER.count(" | ") + "---|", flush=True)
+    for spec in args.config:
+        try:
+            config = load(spec, args.override, args.batch)
+            row = bench_config(config, label=spec, steps=args.steps, warmup=args.warmup,
+                               synthetic=args.synthetic_data, workdir=args.workdir, peak=args.peak_tflops)
+        except (FileNotFoundError, KeyError, ValueError, ConfigError) as e:
+            print(f"maskjax bench: {spec}: {e}", file=sys.stderr)
+            return 2
+        rows.append(row)
+        print(format_row(row), flush=True)
+    print("\n" + LEGEND)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
