@@ -144,25 +144,17 @@ def nominal_examples(config) -> int:
 
 def build_setup(config, mesh, num_examples: int) -> StepSetup:
     """Method, schedule, optimizer, abstract state and jitted step exactly as ``train()`` builds them."""
-    import jax
-
     from maskjax.methods import make_method
-    from maskjax.train.loop import schedule_steps
-    from maskjax.train.optim import make_optimizer, make_schedule, peak_lr
+    from maskjax.train.loop import schedule_steps, training_parts
     from maskjax.train.sharding import batch_sharding, normalize_rules
-    from maskjax.train.state import ModelTemplate, abstract_state
+    from maskjax.train.state import abstract_state
     from maskjax.train.step import make_train_step
 
     rules = normalize_rules(config.sharding_rules)
     method = make_method(config)
     ensure_special_ids(method, config)
     _, total_steps, warmup_steps = schedule_steps(config, num_examples)
-    lr = peak_lr(config.optim.base_lr, config.global_batch, config.optim.lr_batch_denominator)
-    schedule = make_schedule(config.optim, lr, warmup_steps, total_steps)
-    tx = make_optimizer(config.optim, schedule)
-    template = ModelTemplate.from_builder(method.build)
-    base_key = jax.random.key(config.seed)
-    init_key, step_key = jax.random.fold_in(base_key, 0), jax.random.fold_in(base_key, 1)
+    _, schedule, tx, template, init_key, step_key = training_parts(config, method, warmup_steps, total_steps)
     target, shardings = abstract_state(template, method.build, tx, mesh, rules, init_key)
     bsharding = batch_sharding(mesh, rules)
     step_fn = make_train_step(method, template, tx, schedule, base_key=step_key,

@@ -139,6 +139,15 @@ def text_base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def tfds_wikipedia(config: ml_collections.ConfigDict, seq_len: int = 128) -> None:
+    """Points a text recipe at TFDS ``wikipedia/20230601.en`` (prepared by the user), 1 % held out."""
+    config.data.kind = "tfds_text"
+    config.data.name = "wikipedia/20230601.en"
+    config.data.split = "train"
+    config.data.eval_split = "train[:1%]"
+    config.data.seq_len = seq_len
+
+
 def wikitext2_dir() -> pathlib.Path:
     """Where WikiText-2 (``valid.txt``, ``test.txt``) lives: ``$MASKJAX_WIKITEXT2`` or ``../shared/data``."""
     import os

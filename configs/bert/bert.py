@@ -18,7 +18,7 @@ MNLI 87.07 vs 91.0/84.3 and 86.05 without (README).
 ``:smoke`` runs two steps of the same model on WikiText-2 (CPU).
 """
 
-from maskjax.config import parse_arg, text_base_config, text_smoke
+from maskjax.config import parse_arg, text_base_config, text_smoke, tfds_wikipedia
 
 
 def get_config(arg=None):
@@ -29,12 +29,8 @@ def get_config(arg=None):
     c.model.variant = args.size
     c.model.nsp = True
     c.model.hidden_act = "gelu_tanh"          # the TF original's tanh-approximated GELU
-    c.data.kind = "tfds_text"
-    c.data.name = "wikipedia/20230601.en"
-    c.data.split = "train"
-    c.data.eval_split = "train[:1%]"
+    tfds_wikipedia(c, seq_len=args.seq_len)
     c.data.nsp = True
-    c.data.seq_len = args.seq_len
     c.masking.kind = "whole_word" if args.wwm else "bert"
     c.masking.ratio = 0.15
     c.masking.mix = (0.8, 0.1, 0.1)

@@ -15,7 +15,7 @@ Command:
       --config.data.vocab_path=vocab.txt --config.data.data_dir=~/tensorflow_datasets
 """
 
-from maskjax.config import parse_arg, text_base_config, text_smoke
+from maskjax.config import parse_arg, text_base_config, text_smoke, tfds_wikipedia
 
 MIXES = {"mask": (1.0, 0.0, 0.0), "80-10-10": (0.8, 0.1, 0.1)}
 
@@ -28,10 +28,7 @@ def get_config(arg=None):
     c = text_base_config()
     c.method = "bert"
     c.model.variant = args.size
-    c.data.kind = "tfds_text"
-    c.data.name = "wikipedia/20230601.en"
-    c.data.eval_split = "train[:1%]"
-    c.data.seq_len = 128
+    tfds_wikipedia(c, seq_len=128)
     c.masking.kind = "uniform"
     c.masking.count = "fairseq"              # int(rate * L + U), DinkyTrain's probabilistic rounding
     c.masking.ratio = args.rate

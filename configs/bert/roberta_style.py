@@ -13,7 +13,7 @@ Command:
   maskjax train --config configs/bert/roberta_style.py --config.data.vocab_path=vocab.txt
 """
 
-from maskjax.config import parse_arg, text_base_config, text_smoke
+from maskjax.config import parse_arg, text_base_config, text_smoke, tfds_wikipedia
 
 
 def get_config(arg=None):
@@ -22,10 +22,7 @@ def get_config(arg=None):
     c = text_base_config()
     c.method = "bert"
     c.model.variant = args.size
-    c.data.kind = "tfds_text"
-    c.data.name = "wikipedia/20230601.en"
-    c.data.eval_split = "train[:1%]"
-    c.data.seq_len = 512
+    tfds_wikipedia(c, seq_len=512)
     c.masking.kind = "bert"
     c.masking.max_predictions = 80
     c.global_batch = 8192

@@ -20,7 +20,7 @@ Command:
       --config.data.vocab_path=vocab.txt --config.data.data_dir=~/tensorflow_datasets
 """
 
-from maskjax.config import parse_arg, text_base_config, text_smoke
+from maskjax.config import parse_arg, text_base_config, text_smoke, tfds_wikipedia
 
 RECIPES = {
     "Small": dict(variant="electra-small", lr=5e-4, batch=128, seq_len=128, steps=1_000_000, gen=0.25, mask=0.15),
@@ -43,10 +43,7 @@ def get_config(arg=None):
     c.model.disc_weight = 50.0
     c.model.gen_weight = 1.0
     c.model.temperature = 1.0
-    c.data.kind = "tfds_text"
-    c.data.name = "wikipedia/20230601.en"
-    c.data.eval_split = "train[:1%]"
-    c.data.seq_len = r["seq_len"]
+    tfds_wikipedia(c, seq_len=r["seq_len"])
     c.masking.kind = "electra"
     c.masking.ratio = r["mask"]
     c.masking.max_predictions = int((r["mask"] + 0.005) * r["seq_len"])

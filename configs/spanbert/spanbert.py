@@ -17,7 +17,7 @@ Command:
       --config.data.vocab_path=bert-base-cased-vocab.txt --config.data.data_dir=~/tensorflow_datasets
 """
 
-from maskjax.config import parse_arg, text_base_config, text_smoke
+from maskjax.config import parse_arg, text_base_config, text_smoke, tfds_wikipedia
 
 
 def get_config(arg=None):
@@ -28,10 +28,7 @@ def get_config(arg=None):
     c.model.variant = args.size
     c.model.sbo = True
     c.model.max_pair_targets = 15
-    c.data.kind = "tfds_text"
-    c.data.name = "wikipedia/20230601.en"
-    c.data.eval_split = "train[:1%]"
-    c.data.seq_len = 512
+    tfds_wikipedia(c, seq_len=512)
     c.data.lowercase = False
     c.model.vocab_size = 28996
     c.masking.kind = "span"

@@ -80,6 +80,19 @@ def schedule_steps(config, num_examples: int) -> tuple[int, int, int]:
     return steps_per_epoch, total, warmup
 
 
+def training_parts(config, method, warmup_steps: int, total_steps: int):
+    """``(peak_lr, schedule, optimizer, model template, init_key, step_key)`` of a run.
+
+    Shared by the trainer and ``maskjax bench`` so a benchmark times exactly the trained step.
+    """
+    lr = peak_lr(config.optim.base_lr, config.global_batch, config.optim.lr_batch_denominator)
+    schedule = make_schedule(config.optim, lr, warmup_steps, total_steps)
+    tx = make_optimizer(config.optim, schedule)
+    template = ModelTemplate.from_builder(method.build)
+    base_key = jax.random.key(config.seed)
+    return lr, schedule, tx, template, jax.random.fold_in(base_key, 0), jax.random.fold_in(base_key, 1)
+
+
 class _PendingMetrics:
     """Per-step metrics kept on device until a log interval, so the loop never syncs per step."""
 
@@ -157,12 +170,7 @@ def train(config, workdir: str, *, stop_at_step: int | None = None, run_evals: b
     steps_per_epoch, total_steps, warmup_steps = schedule_steps(config, num_examples)
     stop = min(stop_at_step or total_steps, total_steps)
 
-    lr = peak_lr(config.optim.base_lr, config.global_batch, config.optim.lr_batch_denominator)
-    schedule = make_schedule(config.optim, lr, warmup_steps, total_steps)
-    tx = make_optimizer(config.optim, schedule)
-    template = ModelTemplate.from_builder(method.build)
-    base_key = jax.random.key(config.seed)
-    init_key, step_key = jax.random.fold_in(base_key, 0), jax.random.fold_in(base_key, 1)
+    lr, schedule, tx, template, init_key, step_key = training_parts(config, method, warmup_steps, total_steps)
 
     data_iter = iter(modality.make_pipeline(config, source, train=True))
 
