@@ -299,6 +299,22 @@ class ArrayRecordImageSource:
         return f"ArrayRecordImageSource(path={self.path!r}, num_images={len(self)})"
 
 
+def open_prepared_tfds(name: str, split, data_dir):
+    """``tfds.data_source`` of a dataset the user prepared; never downloads (clear error if absent).
+
+    TFDS's default ``download=True`` would try the network (and hang on its timeouts offline).
+    """
+    import tensorflow_datasets as tfds
+
+    try:
+        return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    except Exception as e:  # noqa: BLE001 - TFDS raises many kinds for a missing dataset
+        raise FileNotFoundError(
+            f"TFDS dataset {name!r} split {split!r} is not prepared in data_dir={data_dir!r} ({type(e).__name__}: "
+            f"{e}). Prepare it once in ArrayRecord format, e.g. `tfds build {name} --file_format=array_record "
+            f"--data_dir=DIR` on a machine with internet access, then set data.data_dir=DIR") from e
+
+
 class TfdsImageSource:
     """A TFDS dataset prepared as ArrayRecord (e.g. ``imagenet2012``, ``cifar10``), no TensorFlow.
 
@@ -321,8 +337,6 @@ class TfdsImageSource:
         image_key: str = "image",
         label_key: str = "label",
     ):
-        import tensorflow_datasets as tfds  # heavy import; only when TFDS is actually used
-
         self.name = name
         self.split = split
         self.image_key = image_key
@@ -330,7 +344,7 @@ class TfdsImageSource:
         data_dir = os.fspath(data_dir) if data_dir is not None else None
         # Created eagerly: tfds' ArrayRecordDataSource is itself picklable and opens its files
         # lazily, and creating it here keeps `tfds.testing.mock_data` contexts working.
-        self._source = tfds.data_source(name, split=split, data_dir=data_dir)
+        self._source = open_prepared_tfds(name, split, data_dir)
         self.class_names = None
         info = getattr(self._source, "dataset_info", None)
         feature = info.features[label_key] if info is not None else None

@@ -67,7 +67,7 @@ def main(argv) -> None:
                       timeout_s=_PREFLIGHT_TIMEOUT.value)
             result = train(config, workdir, stop_at_step=_STOP_AT.value, run_evals=not _NO_EVALS.value,
                            watchdog=watchdog)
-        except (ConfigError, DataStateMismatch, NonFiniteLoss, PreflightError) as e:
+        except (ConfigError, DataStateMismatch, NonFiniteLoss, PreflightError, FileNotFoundError) as e:
             # Problems the user can act on get their message, not a stack trace.
             sys.exit(f"maskjax: {e}")
         print(f"done: step {result.step}/{result.total_steps}, workdir {workdir}", flush=True)

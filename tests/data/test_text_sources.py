@@ -105,3 +105,17 @@ def test_tfds_mock_source(name, field):
     assert len(docs) == 6
     assert all(isinstance(d, list) and all(isinstance(l, str) and l == l.strip() and l for l in d) for d in docs)
     assert sum(len(d) for d in docs) >= 6
+
+
+def test_unprepared_tfds_dataset_is_a_clear_error_not_a_download(tmp_path):
+    """TFDS would try the network for a missing dataset; maskjax refuses with instructions."""
+    import time
+
+    from maskjax.data.sources import open_prepared_tfds
+
+    start = time.perf_counter()
+    with pytest.raises(FileNotFoundError, match="tfds build lm1b --file_format=array_record"):
+        open_text_source("tfds_text", name="lm1b", split="train", data_dir=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="is not prepared"):
+        open_prepared_tfds("mnist", "train", str(tmp_path))
+    assert time.perf_counter() - start < 30  # no network timeouts

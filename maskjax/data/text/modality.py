@@ -31,6 +31,7 @@ class TextModality(Modality):
     def prepare(self, config, workdir: str) -> None:
         """Fills ``data.vocab_path`` (training and caching a vocabulary when it is unset)."""
         from maskjax.data.text import ArrayRecordTextSource, ensure_vocab, load_tokenizer
+        from maskjax.train.validate import ConfigError
 
         d = config.data
         if not d.cache_dir:
@@ -41,11 +42,11 @@ class TextModality(Modality):
             elif d.kind == "text":
                 d.vocab_path = ensure_vocab(_files(d.path), d.vocab_size, d.cache_dir, lowercase=d.lowercase)
             else:
-                raise ValueError(f"data.kind={d.kind!r} needs data.vocab_path (a vocab.txt; train one "
+                raise ConfigError(f"data.kind={d.kind!r} needs data.vocab_path (a vocab.txt; train one "
                                  "with `maskjax train-tokenizer --input FILES --vocab-size N --output vocab.txt`)")
         tokenizer = load_tokenizer(d.vocab_path, lowercase=d.lowercase)
         if tokenizer.vocab_size > config.model.vocab_size:
-            raise ValueError(f"the vocabulary {d.vocab_path} has {tokenizer.vocab_size} tokens but "
+            raise ConfigError(f"the vocabulary {d.vocab_path} has {tokenizer.vocab_size} tokens but "
                              f"model.vocab_size is {config.model.vocab_size}; raise model.vocab_size")
 
     def open_source(self, config, split: str):

@@ -187,7 +187,7 @@ class TfdsTextSource:
         data_dir: str | os.PathLike | None = None,
         text_field: str = "text",
     ):
-        import tensorflow_datasets as tfds  # heavy; only when TFDS is used
+        from maskjax.data.sources import open_prepared_tfds
 
         if name.split("/")[0].split(":")[0] in ("c4", "wikipedia"):
             # Legacy builders are registered only once their module is imported (no TF needed).
@@ -196,7 +196,7 @@ class TfdsTextSource:
         self.split = split
         self.text_field = text_field
         data_dir = os.fspath(data_dir) if data_dir is not None else None
-        self._source = tfds.data_source(name, split=split, data_dir=data_dir)
+        self._source = open_prepared_tfds(name, split, data_dir)
         info = getattr(self._source, "dataset_info", None)
         features = getattr(info, "features", None)
         if features is not None and text_field not in features:
