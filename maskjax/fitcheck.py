@@ -180,6 +180,7 @@ class FitReport:
     fits: bool | None
     compile_s: float
     notes: list
+    live_device_bytes: int = 0  # device buffers alive after compiling: ~0, nothing was materialised
 
 
 def fit_check(config, *, platform: str = "cpu", devices: int | None = None, topology: str | None = None,
@@ -209,7 +210,8 @@ def fit_check(config, *, platform: str = "cpu", devices: int | None = None, topo
     return FitReport(target=target, mesh=dict(mesh.shape), params=setup.template.num_params(),
                      global_batch=int(config.global_batch), grad_accum=int(config.grad_accum), memory=memory,
                      xla_flops=xla_flops(compiled, mesh.size), analytic_flops=model_flops(config).train,
-                     device_memory_gib=device_memory_gib, fits=fits, compile_s=compile_s, notes=notes)
+                     device_memory_gib=device_memory_gib, fits=fits, compile_s=compile_s, notes=notes,
+                     live_device_bytes=int(sum(a.nbytes for a in jax.live_arrays())))
 
 
 def format_report(r: FitReport, label: str) -> str:
