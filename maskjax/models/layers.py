@@ -90,6 +90,15 @@ def sincos_2d(dim: int, grid_h: int, grid_w: int, cls_token: bool = False) -> np
     return emb.astype(np.float32)
 
 
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, impl: str | None = None) -> jax.Array:
+    """Scaled dot-product attention core on [B, T, H, Dh] inputs (no mask, no dropout).
+
+    ``impl`` None lets XLA choose; "cudnn" forces the fused cuDNN kernel on GPUs; "xla" the
+    plain einsum lowering.
+    """
+    return jax.nn.dot_product_attention(q, k, v, implementation=impl)
+
+
 class Attention(nnx.Module):
     """Multi-head self-attention with one biased qkv projection (timm ``Attention``).
 
@@ -98,19 +107,29 @@ class Attention(nnx.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, *, rngs: nnx.Rngs, dtype: Any = None,
-                 attention_impl: str | None = None):
+                 attention_impl: str | None = None, qkv_bias: str = "qkv"):
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
+        if qkv_bias not in ("qkv", "qv"):
+            raise ValueError(f"qkv_bias must be 'qkv' (timm) or 'qv' (BEiT/VideoMAE), got {qkv_bias!r}")
         self.num_heads = num_heads
         self.attention_impl = attention_impl
-        self.qkv = dense(dim, 3 * dim, ("embed", "heads"), rngs=rngs, dtype=dtype)
+        self.qkv = dense(dim, 3 * dim, ("embed", "heads"), rngs=rngs, dtype=dtype, use_bias=qkv_bias == "qkv")
+        if qkv_bias == "qv":
+            # BEiT-style: learnable q and v biases, the k bias fixed at zero (specs section 0.4).
+            self.q_bias = nnx.Param(jnp.zeros((dim,)), logical_axes=("heads",))
+            self.v_bias = nnx.Param(jnp.zeros((dim,)), logical_axes=("heads",))
         self.proj = dense(dim, dim, ("heads", "embed"), rngs=rngs, dtype=dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         b, t, d = x.shape
-        qkv = self.qkv(x).reshape(b, t, 3, self.num_heads, d // self.num_heads)
+        qkv = self.qkv(x)
+        if hasattr(self, "q_bias"):
+            bias = jnp.concatenate([self.q_bias[...], jnp.zeros_like(self.q_bias[...]), self.v_bias[...]])
+            qkv = qkv + bias.astype(qkv.dtype)
+        qkv = qkv.reshape(b, t, 3, self.num_heads, d // self.num_heads)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        out = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
+        out = attend(q, k, v, self.attention_impl)
         return self.proj(out.reshape(b, t, d))
 
 
@@ -129,9 +148,11 @@ class Block(nnx.Module):
     """Pre-LN transformer block: ``x + attn(ln(x))`` then ``x + mlp(ln(x))``, optional drop path."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, *, rngs: nnx.Rngs,
-                 dtype: Any = None, drop_path: float = 0.0, attention_impl: str | None = None):
+                 dtype: Any = None, drop_path: float = 0.0, attention_impl: str | None = None,
+                 qkv_bias: str = "qkv"):
         self.norm1 = layer_norm(dim, rngs=rngs, dtype=dtype)
-        self.attn = Attention(dim, num_heads, rngs=rngs, dtype=dtype, attention_impl=attention_impl)
+        self.attn = Attention(dim, num_heads, rngs=rngs, dtype=dtype, attention_impl=attention_impl,
+                              qkv_bias=qkv_bias)
         self.norm2 = layer_norm(dim, rngs=rngs, dtype=dtype)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), rngs=rngs, dtype=dtype)
         self.drop_path = drop_path
