@@ -34,6 +34,13 @@ class Modality:
     def check(self, config, errors: list[str]) -> None:
         """Appends a message to ``errors`` for each problem in ``config.data``."""
 
+    def take_examples(self, config, source, indices) -> tuple[Any, Any]:
+        """``(inputs, labels)`` of ``source[indices]`` with eval preprocessing (evaluators).
+
+        ``inputs`` is the numpy array the method's encoder takes (batch axis first).
+        """
+        raise NotImplementedError(f"the {self.name!r} modality has no example loader for evaluators")
+
 
 def register_modality(name: str):
     """Class decorator registering a :class:`Modality` under ``name``."""
@@ -88,6 +95,12 @@ class ImageModality(Modality):
         return make_image_pipeline(source, global_batch=config.global_batch, image_size=d.image_size,
                                    train=train, seed=d.shuffle_seed, augment=d.augment if train else "none",
                                    num_workers=d.num_workers, crop_pct=d.crop_pct)
+
+    def take_examples(self, config, source, indices):
+        """Resized, center-cropped, normalised images [n, S, S, 3] and int labels."""
+        from maskjax.data.pipeline import take_arrays
+
+        return take_arrays(source, indices, config.data.image_size, crop_pct=config.data.crop_pct)
 
     def check(self, config, errors: list[str]) -> None:
         """Paths exist for folder/array_record data; a dataset name for TFDS."""

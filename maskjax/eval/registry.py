@@ -43,7 +43,8 @@ def register(name: str):
 
 def known_evaluators() -> list[str]:
     """Names of the registered evaluators."""
-    from maskjax.eval import evaluators, text_classify, text_evals  # noqa: F401  (registers the built-ins)
+    # Importing the modules registers the built-in evaluators.
+    from maskjax.eval import evaluators, media_evals, text_classify, text_evals  # noqa: F401
 
     return sorted(_EVALUATORS)
 
