@@ -7,6 +7,8 @@
     maskjax convert hf-bert-to-maskjax path/to/bert_folder out/bert      # BERT / ELECTRA, MLM / pre-training / encoder
     maskjax convert hf-electra-to-maskjax gen_folder disc_folder out/electra
     maskjax convert maskjax-to-hf-bert out/bert_or_a_text_training_workdir hf_out/
+    maskjax convert hf-videomae-to-maskjax path/to/videomae_folder out/videomae   # VideoMAEForPreTraining
+    maskjax convert maskjax-to-hf-videomae out/videomae_or_a_video_training_workdir hf_out/
 """
 
 from __future__ import annotations
@@ -63,6 +65,18 @@ def build_parser() -> argparse.ArgumentParser:
     th.add_argument("--architecture", help="HF architecture to write, e.g. BertForMaskedLM")
     th.add_argument("--step", type=int, help="checkpoint step of a training workdir (default: newest)")
 
+    hv = sub.add_parser("hf-videomae-to-maskjax", help="Hugging Face VideoMAEForPreTraining folder -> maskjax")
+    hv.add_argument("src", help="HF folder (config.json + weights) or a weights file with --num-frames/--image-size")
+    hv.add_argument("out", help="output directory (maskjax_video_model.json + Orbax variables/)")
+    hv.add_argument("--variant", help="expected variant such as B/16 (default: detected from shapes)")
+    hv.add_argument("--num-frames", type=int, help="frames per clip when there is no config.json")
+    hv.add_argument("--image-size", type=int, help="frame size when there is no config.json")
+    hv.add_argument("--decoder-heads", type=int, help="decoder heads when there is no config.json")
+    tv = sub.add_parser("maskjax-to-hf-videomae", help="converted maskjax VideoMAE or video training workdir -> HF")
+    tv.add_argument("src", help="a converted directory (maskjax_video_model.json) or a videomae training workdir")
+    tv.add_argument("out", help="output folder (config.json + model.safetensors)")
+    tv.add_argument("--step", type=int, help="checkpoint step of a training workdir (default: newest)")
+
     for p in sub.choices.values():
         p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     return parser
@@ -95,6 +109,8 @@ def _run(args) -> str:
         return f"wrote maskjax {spec.kind} {spec.variant} @ {spec.image_size}px to {args.out}"
     if args.command in ("hf-bert-to-maskjax", "hf-electra-to-maskjax", "maskjax-to-hf-bert"):
         return _run_text(args)
+    if args.command in ("hf-videomae-to-maskjax", "maskjax-to-hf-videomae"):
+        return _run_video(args)
     spec, params, extra = read_maskjax(args.src, args.step)
     if args.command == "maskjax-to-hf":
         from maskjax.convert.hf_vit import hf_config, save_hf
@@ -129,6 +145,19 @@ def _run_text(args) -> str:
         folders = hf_bert.convert_maskjax_to_hf_bert(args.src, args.out, architecture=args.architecture,
                                                      overwrite=args.overwrite)
     return "wrote Hugging Face folder(s): " + ", ".join(map(str, folders))
+
+
+def _run_video(args) -> str:
+    from maskjax.convert import hf_videomae
+
+    if args.command == "hf-videomae-to-maskjax":
+        spec = hf_videomae.convert_hf_videomae_checkpoint(
+            args.src, args.out, variant=args.variant, num_frames=args.num_frames, image_size=args.image_size,
+            decoder_heads=args.decoder_heads, overwrite=args.overwrite)
+        return (f"wrote maskjax VideoMAE {spec.variant} ({spec.num_frames}x{spec.image_size}px) to {args.out}; "
+                f"load it with maskjax.convert.hf_videomae.load_video_converted({args.out!r})")
+    spec = hf_videomae.convert_maskjax_to_hf_videomae(args.src, args.out, step=args.step, overwrite=args.overwrite)
+    return f"wrote Hugging Face VideoMAEForPreTraining ({spec.variant}) to {args.out}"
 
 
 def text_model_from_workdir(workdir: str, step: int | None = None):

@@ -33,6 +33,7 @@ VIT_SIZES: dict[str, ViTSize] = {
     "B": ViTSize(768, 12, 12),
     "L": ViTSize(1024, 24, 16),
     "H": ViTSize(1280, 32, 16),
+    "g": ViTSize(1408, 40, 16, 48 / 11),  # VideoMAE V2 giant (used as "g/14")
 }
 
 
