@@ -73,4 +73,4 @@ def make_method(config: Any) -> Method:
 
 def _import_builtin_methods() -> None:
     # Imported lazily so `maskjax.methods` stays importable without pulling every model in.
-    from maskjax.methods import bert, electra, mae  # noqa: F401
+    from maskjax.methods import audio_mae, bert, electra, mae, mae_st, video_mae  # noqa: F401

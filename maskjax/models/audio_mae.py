@@ -1,0 +1,190 @@
+"""AudioMAE — Masked Autoencoders that Listen (facebookresearch/AudioMAE ``models_mae.py``), NNX.
+
+Spectrograms are [B, T, F, 1] (time frames x mel bins, one channel); 16x16 patches give a
+(T/16, F/16) = (64, 8) token grid flattened time-major (index = t * 8 + f), as the official
+``(N, 1, 1024, 128)`` input after ``Conv2d(...).flatten(2)``. The encoder is MAE's ViT (pre-LN timm
+blocks, cls token, fixed 2-D sin-cos position embedding); the decoder is either the official
+default of 16 shifted-window blocks on the token grid (:mod:`maskjax.models.swin_decoder`, the cls
+token dropped after the position embedding is added) or MAE's global decoder.
+
+Position-embedding quirk (specs/methods_vision.md section 8c): ``PatchEmbed_org.patch_hw`` is
+``(F/p, T/p) = (8, 64)``, so ``get_2d_sincos_pos_embed_flexible`` lays an 8x64 grid over tokens
+that are really 64x8: token ``i`` gets the column code of ``i % 64`` and the row code of
+``i // 64``. ``pos_embed="official"`` reproduces that (for both encoder and decoder);
+``"aligned"`` encodes the true (time, freq) position instead (column half = frequency index,
+row half = time index).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from maskjax.masking import Mask, gather_tokens
+from maskjax.models.layers import Block, Buffer, PatchEmbed, dense, layer_norm, sincos_2d
+from maskjax.models.swin_decoder import swin_decoder_blocks
+from maskjax.models.vit import parse_variant
+
+POS_EMBEDS = ("official", "aligned")
+DECODER_MODES = ("swin", "global")
+
+
+def audio_pos_embed(dim: int, grid_t: int, grid_f: int, mode: str = "official") -> np.ndarray:
+    """[1 + grid_t*grid_f, dim] sin-cos table for time-major tokens, the cls row zero.
+
+    ``official``: ``get_2d_sincos_pos_embed_flexible(dim, (grid_f, grid_t))``, i.e. MAE's table for
+    a grid of ``grid_f`` rows and ``grid_t`` columns laid over the time-major token order.
+    ``aligned``: rows = time, columns = frequency, matching the tokens.
+    """
+    if mode not in POS_EMBEDS:
+        raise ValueError(f"pos_embed must be one of {POS_EMBEDS}, got {mode!r}")
+    if mode == "official":
+        return sincos_2d(dim, grid_f, grid_t, cls_token=True)
+    return sincos_2d(dim, grid_t, grid_f, cls_token=True)
+
+
+class AudioEncoder(nnx.Module):
+    """ViT encoder on [B, T, F, 1] filterbanks (MAE encoder with a rectangular token grid).
+
+    ``__call__(spec, mask=None)`` returns ``(tokens, aux)``: tokens [B, 1+K, D] after the final
+    LayerNorm (cls first, then the visible tokens in ``mask.ids_keep`` order, or all tokens);
+    ``aux`` has ``cls``, ``tokens`` (both after the norm) and ``pooled``, the mean of the patch
+    tokens *before* the final norm: AudioMAE fine-tuning (``global_pool``) deletes that norm and
+    applies a fresh ``fc_norm`` to this mean.
+    """
+
+    def __init__(self, variant: str, *, target_length: int = 1024, num_mel_bins: int = 128,
+                 pos_embed: str = "official", rngs: nnx.Rngs, dtype: Any = None, drop_path: float = 0.0,
+                 remat: bool = False, attention_impl: str | None = None):
+        size, patch = parse_variant(variant)
+        for name, value in (("target_length", target_length), ("num_mel_bins", num_mel_bins)):
+            if value % patch:
+                raise ValueError(f"{name} {value} is not divisible by the patch size {patch} of {variant!r}")
+        self.patch_size = patch
+        self.grid = (target_length // patch, num_mel_bins // patch)
+        self.width = size.width
+        self.depth = size.depth
+        self.remat = remat
+        self.patch_embed = PatchEmbed(patch, 1, size.width, rngs=rngs, dtype=dtype)
+        self.cls_token = nnx.Param(0.02 * jax.random.normal(rngs.params(), (1, 1, size.width)),
+                                   logical_axes=(None, None, "embed"))
+        self.pos_embed = Buffer(audio_pos_embed(size.width, *self.grid, mode=pos_embed)[None])
+        rates = [drop_path * i / max(size.depth - 1, 1) for i in range(size.depth)]
+        self.blocks = nnx.List([
+            Block(size.width, size.heads, size.mlp_ratio, rngs=rngs, dtype=dtype, drop_path=r,
+                  attention_impl=attention_impl)
+            for r in rates
+        ])
+        self.norm = layer_norm(size.width, rngs=rngs, dtype=dtype)
+
+    @property
+    def num_patches(self) -> int:
+        """Number of patch tokens L = (T/p) * (F/p)."""
+        return self.grid[0] * self.grid[1]
+
+    def __call__(self, spec: jax.Array, mask: Mask | None = None, *,
+                 drop_key: jax.Array | None = None) -> tuple[jax.Array, dict]:
+        if spec.ndim != 4 or spec.shape[-1] != 1:
+            raise ValueError(f"expected a spectrogram [B, T, F, 1], got shape {spec.shape}")
+        expected = (self.grid[0] * self.patch_size, self.grid[1] * self.patch_size)
+        if spec.shape[1:3] != expected:
+            raise ValueError(f"spectrogram of {spec.shape[1]}x{spec.shape[2]} (time x mel), model built for "
+                             f"{expected[0]}x{expected[1]} (target_length x num_mel_bins)")
+        x = self.patch_embed(spec)
+        pos = self.pos_embed[...].astype(x.dtype)
+        x = x + pos[:, 1:]  # positions before masking, as MAE
+        if mask is not None:
+            x = gather_tokens(x, mask.ids_keep)
+        cls = jnp.broadcast_to((self.cls_token[...] + pos[:, :1]).astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
+        x = jnp.concatenate([cls, x], axis=1)
+        keys = [None] * len(self.blocks) if drop_key is None else list(jax.random.split(drop_key, len(self.blocks)))
+        for block, k in zip(self.blocks, keys):
+            x = nnx.remat(lambda blk, y, kk: blk(y, kk))(block, x, k) if self.remat else block(x, k)
+        pooled = x[:, 1:].mean(axis=1)
+        x = self.norm(x)
+        return x, {"cls": x[:, 0], "tokens": x[:, 1:], "pooled": pooled}
+
+
+class AudioMAE(nnx.Module):
+    """AudioMAE encoder-decoder. ``__call__(spec, mask, *, keys=None) -> (pred [B, L, p*p], aux)``.
+
+    ``keys`` (per-example PRNG keys, training only) drive the dropout of the swin decoder's
+    position-bias meta network, which the official model runs in training mode.
+
+    ``decoder_mode="swin"``: ``swin_depth`` (official: 16, hard-coded) blocks with
+    ``decoder_heads`` heads; ``decoder_depth`` is ignored, as in the official code.
+    ``"global"``: MAE's decoder of ``decoder_depth`` blocks. ``attention_impl`` selects the fused
+    attention of the encoder and the global decoder (the swin blocks' cosine attention is einsums).
+    """
+
+    def __init__(self, variant: str, *, target_length: int = 1024, num_mel_bins: int = 128,
+                 decoder_mode: str = "swin", decoder_width: int = 512, decoder_depth: int = 8,
+                 decoder_heads: int = 16, window: tuple[int, int] = (4, 4), shift: tuple[int, int] = (2, 0),
+                 pos_embed: str = "official", swin_depth: int = 16, mlp_ratio: float = 4.0,
+                 rngs: nnx.Rngs, dtype: Any = None, remat: bool = False, attention_impl: str | None = None):
+        if decoder_mode not in DECODER_MODES:
+            raise ValueError(f"decoder_mode must be one of {DECODER_MODES}, got {decoder_mode!r}")
+        self.encoder = AudioEncoder(variant, target_length=target_length, num_mel_bins=num_mel_bins,
+                                    pos_embed=pos_embed, rngs=rngs, dtype=dtype, remat=remat,
+                                    attention_impl=attention_impl)
+        grid, patch = self.encoder.grid, self.encoder.patch_size
+        self.decoder_mode = decoder_mode
+        self.remat = remat
+        self.decoder_embed = dense(self.encoder.width, decoder_width, ("embed", "embed"), rngs=rngs, dtype=dtype)
+        self.mask_token = nnx.Param(0.02 * jax.random.normal(rngs.params(), (1, 1, decoder_width)),
+                                    logical_axes=(None, None, "embed"))
+        self.decoder_pos_embed = Buffer(audio_pos_embed(decoder_width, *grid, mode=pos_embed)[None])
+        if decoder_mode == "swin":
+            # Official: 16 blocks and 16 heads hard-coded, independent of decoder_depth.
+            self.decoder_blocks = swin_decoder_blocks(decoder_width, decoder_heads, grid, depth=swin_depth,
+                                                      window=window, shift=shift, mlp_ratio=mlp_ratio,
+                                                      rngs=rngs, dtype=dtype)
+        else:
+            self.decoder_blocks = nnx.List([
+                Block(decoder_width, decoder_heads, mlp_ratio, rngs=rngs, dtype=dtype,
+                      attention_impl=attention_impl)
+                for _ in range(decoder_depth)
+            ])
+        self.decoder_norm = layer_norm(decoder_width, rngs=rngs, dtype=dtype)
+        self.decoder_pred = dense(decoder_width, patch * patch, ("embed", "patch"), rngs=rngs, dtype=dtype)
+
+    @property
+    def patch_size(self) -> int:
+        """Patch size of the encoder."""
+        return self.encoder.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        """Number of patch tokens L."""
+        return self.encoder.num_patches
+
+    def decode(self, latent: jax.Array, mask: Mask, keys: jax.Array | None = None) -> jax.Array:
+        """Embed, append mask tokens, unshuffle, add positions, (drop cls for swin), blocks, predict."""
+        x = self.decoder_embed(latent)
+        b, n, d = x.shape
+        length = mask.ids_restore.shape[1]
+        mask_tokens = jnp.broadcast_to(self.mask_token[...].astype(x.dtype), (b, length + 1 - n, d))
+        body = jnp.concatenate([x[:, 1:], mask_tokens], axis=1)
+        body = jnp.take_along_axis(body, mask.ids_restore[..., None], axis=1)  # unshuffle
+        x = jnp.concatenate([x[:, :1], body], axis=1)
+        x = x + self.decoder_pos_embed[...].astype(x.dtype)
+        if self.decoder_mode == "swin":
+            x = x[:, 1:]  # the official code removes cls before the local-attention blocks
+            for i, block in enumerate(self.decoder_blocks):
+                # Independent dropout per block, still one stream per example.
+                k = None if keys is None else jax.vmap(lambda kk, i=i: jax.random.fold_in(kk, i))(keys)
+                x = nnx.remat(lambda blk, y, kk: blk(y, kk))(block, x, k) if self.remat else block(x, k)
+        else:
+            for block in self.decoder_blocks:
+                x = nnx.remat(lambda blk, y: blk(y))(block, x) if self.remat else block(x)
+        x = self.decoder_pred(self.decoder_norm(x))
+        return x if self.decoder_mode == "swin" else x[:, 1:]
+
+    def __call__(self, spec: jax.Array, mask: Mask, *, keys: jax.Array | None = None) -> tuple[jax.Array, dict]:
+        latent, aux = self.encoder(spec, mask)
+        pred = self.decode(latent, mask, keys)
+        return pred, {"latent": latent, "cls": aux["cls"]}
