@@ -176,6 +176,14 @@ def batch_spec(config) -> dict:
         s, c = int(config.data.image_size), int(config.model.get("in_chans", 3))
         return {"image": jax.ShapeDtypeStruct((b, s, s, c), jnp.float32),
                 "label": jax.ShapeDtypeStruct((b,), jnp.int32)}
+    if modality == "video":
+        t, s = int(config.data.num_frames), int(config.data.image_size)
+        return {"video": jax.ShapeDtypeStruct((b, t, s, s, 3), jnp.float32),
+                "label": jax.ShapeDtypeStruct((b,), jnp.int32)}
+    if modality == "audio":
+        frames, bins = int(config.data.target_length), int(config.data.num_mel_bins)
+        return {"spectrogram": jax.ShapeDtypeStruct((b, frames, bins, 1), jnp.float32),
+                "label": jax.ShapeDtypeStruct((b,), jnp.int32)}
     if modality == "text":
         length = int(config.data.seq_len)
         spec = {k: jax.ShapeDtypeStruct((b, length), jnp.int32)
@@ -195,7 +203,7 @@ def synthetic_batch(config, seed: int = 0) -> dict:
     out = {}
     for name, s in batch_spec(config).items():
         shape = (s.shape[0] // share,) + tuple(s.shape[1:])
-        if name == "image":
+        if name in ("image", "video", "spectrogram"):
             out[name] = rng.standard_normal(shape, dtype=np.float32)
         elif name == "input_ids":
             ids = rng.integers(5, int(config.model.vocab_size), shape, dtype=np.int32)

@@ -11,6 +11,8 @@ commands:
   convert-images   convert an ImageFolder directory or tar into ArrayRecord shards
   train-tokenizer  train a WordPiece vocab.txt on text files (maskjax train-tokenizer -h)
   tokenize         tokenize and pack a text corpus into ArrayRecord blocks once (maskjax tokenize -h)
+  predecode-video  decode video files once into ArrayRecord clips of JPEG frames (maskjax predecode-video -h)
+  make-moving-cifar  write synthetic moving-CIFAR-10 video clips as MP4 files (maskjax make-moving-cifar -h)
   convert          checkpoints: official MAE / Hugging Face <-> maskjax (maskjax convert -h)
   eval             run evaluators on a checkpoint (maskjax eval --config ... --workdir ...)
   plot             training curves of a run as a PNG (maskjax plot WORKDIR)
@@ -45,6 +47,14 @@ def main(argv: list[str] | None = None) -> int:
         from maskjax.data.text.convert import main as tokenize_main
 
         return tokenize_main(rest)
+    if command == "predecode-video":
+        from maskjax.data.video.predecode import main as predecode_main
+
+        return predecode_main(rest)
+    if command == "make-moving-cifar":
+        from maskjax.data.video.moving_cifar import main as moving_cifar_main
+
+        return moving_cifar_main(rest)
     if command == "convert":
         from maskjax.convert.cli import main as convert_checkpoints
 

@@ -36,6 +36,7 @@ def video_base_config() -> ml_collections.ConfigDict:
         pred_t_dim=8,              # MAE-ST: target frames the decoder predicts
         sep_pos_embed=True,        # MAE-ST: separable learned space / time position embeddings
         cls_embed=True,            # MAE-ST: a cls token in encoder and decoder
+        trunc_init=False,          # MAE-ST: trunc-normal instead of xavier initialisation
     ))
     c.model.attention_impl = config_dict.placeholder(str)
     c.masking = ml_collections.ConfigDict(dict(
@@ -81,6 +82,8 @@ def audio_base_config() -> ml_collections.ConfigDict:
         decoder_mode="swin",       # swin (16 local-attention blocks, official default) | global
         decoder_width=512, decoder_depth=8, decoder_heads=16,
         window=(4, 4), shift=(2, 0),
+        swin_depth=16,             # the official code hard-codes 16 local decoder blocks
+        pos_embed="official",      # official: the sin-cos grid built (F, T)-transposed, as released; aligned
     ))
     c.model.attention_impl = config_dict.placeholder(str)
     c.masking = ml_collections.ConfigDict(dict(
@@ -126,3 +129,44 @@ def fsdd_data(config: ml_collections.ConfigDict) -> None:
     config.data.split = "train"
     config.data.eval_split = "test"
     config.data.sample_rate = 8000
+
+
+def embedded_cifar_tars() -> tuple[str, str]:
+    """The CIFAR-10 subset shipped in the package (train, test tars): moving-CIFAR clips for smoke runs."""
+    from maskjax.data import embedded_cifar10_path
+
+    root = embedded_cifar10_path()
+    return f"{root}/train.tar.gz", f"{root}/test.tar.gz"
+
+
+def moving_cifar_data(config: ml_collections.ConfigDict, *, embedded: bool = True) -> None:
+    """Points a video config at synthetic moving-CIFAR-10 clips (``maskjax.data.video.moving_cifar``).
+
+    ``embedded``: the 10,000-image subset inside the package; else the full CIFAR-10 tars in
+    ``../shared/data/cifar10`` (``$MASKJAX_CIFAR10`` overrides the folder).
+    """
+    import os
+
+    if embedded:
+        train, test = embedded_cifar_tars()
+    else:
+        root = pathlib.Path(os.environ.get("MASKJAX_CIFAR10") or shared_data_dir() / "cifar10")
+        train, test = str(root / "train.tar"), str(root / "test.tar")
+    config.data.kind = "moving_cifar"
+    config.data.path = train
+    config.data.eval_path = test
+    config.data.split = "train"
+    config.data.eval_split = "test"
+
+
+def media_smoke(config: ml_collections.ConfigDict, *, global_batch: int = 8, steps: int = 2) -> None:
+    """Shrinks a video/audio recipe's run (not its model) to a few CPU steps on bundled data."""
+    if config.method == "audiomae":
+        fsdd_data(config)
+    else:
+        moving_cifar_data(config)
+    config.global_batch = global_batch
+    config.grad_accum = 1
+    config.total_steps = steps
+    config.optim.warmup_epochs = 0.0
+    config.evals = ml_collections.ConfigDict()

@@ -19,6 +19,7 @@ What is counted per method (per example; multiply by the global batch):
   vocabulary), plus the pooler/NSP head and SpanBERT's SBO head when the model has them.
 - ``electra``: generator (width ``generator_fraction``) with its MLM head on the predicted
   positions, discriminator on every token with its replaced-token head.
+- ``videomae`` / ``videomae_v2`` / ``mae_st`` / ``audiomae``: see their functions.
 
 XLA's ``compiled.cost_analysis()["flops"]`` also counts elementwise work (softmax, norms, the
 AdamW update: about 10-20 FLOPs per parameter) and misses a few backward matmuls that are not
@@ -149,7 +150,106 @@ def _scaled(method: str, per_example: dict[str, float], batch: int, token: str, 
                      token=token, tokens_per_example=tokens)
 
 
-COUNTERS: dict[str, Callable[..., FlopCount]] = {"mae": mae_flops, "bert": bert_flops, "electra": electra_flops}
+def _video_grid(config) -> tuple[int, int, int, int]:
+    """(temporal slots, spatial tokens per slot, patch, tubelet) of a video config."""
+    from maskjax.models.vit import parse_variant
+
+    _, patch = parse_variant(config.model.variant)
+    tubelet = int(config.model.tubelet_size)
+    grid = config.data.image_size // patch
+    return config.data.num_frames // tubelet, grid * grid, patch, tubelet
+
+
+def videomae_flops(config, global_batch: int) -> FlopCount:
+    """VideoMAE / V2: tubelet embed on all L tokens, encoder on the visible ones (tube masking
+    keeps ``S - int(ratio * S)`` per slot; MAE-style random keeps ``int(L(1 - ratio))``), the
+    decoder on visible + reconstructed tokens (the hidden ones, or V2's decoded half) and the
+    pixel head on the reconstructed ones. No cls token.
+    """
+    from maskjax.masking.random import num_kept
+    from maskjax.models.vit import parse_variant
+
+    size, _ = parse_variant(config.model.variant)
+    slots, spatial, patch, tubelet = _video_grid(config)
+    tokens = slots * spatial
+    ratio = float(config.masking.ratio)
+    if config.masking.get("kind", "tube") == "tube":
+        visible = slots * (spatial - int(ratio * spatial))
+    else:
+        visible = num_kept(tokens, ratio)
+    decoder_ratio = float(config.masking.get("decoder_ratio", 0.0) or 0.0)
+    decoded = tokens - int(round(tokens * decoder_ratio)) if decoder_ratio else tokens - visible
+    m, width = config.model, size.width
+    pixels = tubelet * patch * patch * 3
+    dec = m.decoder_width
+    parts = {
+        "patch_embed": matmul(tokens, pixels, width),
+        "encoder": size.depth * transformer_layer(visible, width, int(width * size.mlp_ratio)),
+        "encoder_to_decoder": matmul(visible, width, dec),
+        "decoder": m.decoder_depth * transformer_layer(visible + decoded, dec, 4 * dec),
+        "decoder_pred": matmul(decoded, dec, pixels),
+    }
+    return _scaled(config.method, parts, global_batch, "video tubelet (all tokens of a clip)", tokens)
+
+
+def mae_st_flops(config, global_batch: int) -> FlopCount:
+    """MAE-ST: MAE over all spacetime tokens with a cls token; the head predicts ``pred_t_dim``
+    target frames (``tubelet * pred_t_dim / num_frames`` per token)."""
+    from maskjax.masking.random import num_kept
+    from maskjax.models.vit import parse_variant
+
+    size, _ = parse_variant(config.model.variant)
+    slots, spatial, patch, tubelet = _video_grid(config)
+    tokens = slots * spatial
+    visible = 1 + num_kept(tokens, float(config.masking.ratio))
+    m, width, dec = config.model, size.width, config.model.decoder_width
+    t_pred = tubelet * int(m.pred_t_dim) // config.data.num_frames
+    pixels = t_pred * patch * patch * 3
+    parts = {
+        "patch_embed": matmul(tokens, tubelet * patch * patch * 3, width),
+        "encoder": size.depth * transformer_layer(visible, width, int(width * size.mlp_ratio)),
+        "decoder_embed": matmul(visible, width, dec),
+        "decoder": m.decoder_depth * transformer_layer(1 + tokens, dec, 4 * dec),
+        "decoder_pred": matmul(1 + tokens, dec, pixels),
+    }
+    return _scaled("mae_st", parts, global_batch, "video tubelet (all tokens of a clip)", tokens)
+
+
+def audiomae_flops(config, global_batch: int) -> FlopCount:
+    """AudioMAE: MAE on the filterbank patches; the Swin decoder (16 blocks) attends within
+    windows of ``window[0] * window[1]`` tokens, the global decoder over all tokens."""
+    from maskjax.masking.random import num_kept
+    from maskjax.models.vit import parse_variant
+
+    size, patch = parse_variant(config.model.variant)
+    m, d = config.model, config.data
+    tokens = (d.target_length // patch) * (d.num_mel_bins // patch)
+    ratio = float(config.masking.ratio)
+    if config.masking.get("kind", "random") == "time_freq":
+        rows, cols = d.target_length // patch, d.num_mel_bins // patch
+        kept = int(rows * (1 - config.masking.mask_t_prob)) * int(cols * (1 - config.masking.mask_f_prob))
+    else:
+        kept = num_kept(tokens, ratio)
+    visible, width, dec = 1 + kept, size.width, m.decoder_width
+    if m.get("decoder_mode", "swin") == "swin":
+        window = int(m.window[0]) * int(m.window[1])
+        layer = matmul(tokens, dec, 4 * dec) + 2 * matmul(tokens, dec, window) + 2 * matmul(tokens, dec, 4 * dec)
+        decoder = 16 * layer
+    else:
+        decoder = m.decoder_depth * transformer_layer(1 + tokens, dec, 4 * dec)
+    parts = {
+        "patch_embed": matmul(tokens, patch * patch, width),
+        "encoder": size.depth * transformer_layer(visible, width, int(width * size.mlp_ratio)),
+        "decoder_embed": matmul(visible, width, dec),
+        "decoder": decoder,
+        "decoder_pred": matmul(tokens, dec, patch * patch),
+    }
+    return _scaled("audiomae", parts, global_batch, "spectrogram patch (all tokens of a clip)", tokens)
+
+
+COUNTERS: dict[str, Callable[..., FlopCount]] = {
+    "mae": mae_flops, "bert": bert_flops, "electra": electra_flops, "videomae": videomae_flops,
+    "videomae_v2": videomae_flops, "mae_st": mae_st_flops, "audiomae": audiomae_flops}
 
 
 def model_flops(config, global_batch: int | None = None) -> FlopCount:

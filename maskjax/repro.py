@@ -156,6 +156,11 @@ TABLES.update({
         noise=_ORDER_NOISE),
 })
 
+# The video and audio tables live in their own module (it imports Row and Table from here).
+from maskjax.repro_media import MEDIA_TABLES  # noqa: E402
+
+TABLES.update(MEDIA_TABLES)
+
 SMOKE = {"model.variant": "mu/4", "data.image_size": 16, "model.decoder_width": 32, "model.decoder_heads": 2,
          "global_batch": 16, "total_steps": 2, "log_every_steps": 1, "progress": False}
 SMOKE_EVALS = {

@@ -115,3 +115,28 @@ def test_unknown_topology_lists_known_ones(capsys):
 def test_bad_config_path(capsys):
     assert main(["--config", "configs/mae/missing.py", "--platform", "cpu"]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+MEDIA_TINY = {
+    "configs/videomae/videomae.py": {"model.variant": "mu/8", "data.num_frames": 4, "data.image_size": 32,
+                                     "model.decoder_width": 32, "model.decoder_heads": 2, "model.decoder_depth": 1},
+    "configs/videomae_v2/videomae_v2.py:size=B": {
+        "model.variant": "mu/8", "data.num_frames": 4, "data.image_size": 32, "model.decoder_width": 32,
+        "model.decoder_heads": 2, "model.decoder_depth": 1},
+    "configs/mae_st/mae_st.py": {"model.variant": "mu/8", "data.num_frames": 8, "data.image_size": 32,
+                                 "model.decoder_width": 32, "model.decoder_heads": 2, "model.decoder_depth": 1,
+                                 "model.pred_t_dim": 4},
+    "configs/audiomae/audiomae.py:decoder=global": {
+        "model.variant": "mu/16", "data.target_length": 128, "data.num_mel_bins": 64,
+        "model.decoder_width": 32, "model.decoder_heads": 2, "model.decoder_depth": 2},
+}
+
+
+@pytest.mark.parametrize("spec", sorted(MEDIA_TINY))
+def test_video_and_audio_flop_counts_agree_with_xla(spec):
+    """The analytic counts of the video/audio methods match XLA's on a compiled tiny step."""
+    config = load(str(REPO_ROOT / spec), [])
+    apply_overrides(config, {**MEDIA_TINY[spec], "global_batch": 2})
+    report = fit_check(config, platform="cpu", devices=1)
+    ratio = report.xla_flops / report.analytic_flops
+    assert FLOP_RATIO[0] < ratio < FLOP_RATIO[1], ratio

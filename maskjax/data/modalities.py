@@ -62,6 +62,8 @@ def get_modality(name: str) -> Modality:
 
 
 def _import_builtin() -> None:
+    from maskjax.data.audio import modality as _audio  # noqa: F401  (registers "audio"; no extra deps)
+    from maskjax.data.video import modality as _video  # noqa: F401  (registers "video"; PyAV loaded lazily)
     # Text support imports `tokenizers`; keep it lazy so image-only use never needs it.
     try:
         from maskjax.data.text import modality  # noqa: F401

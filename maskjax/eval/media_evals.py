@@ -249,4 +249,5 @@ def _train_mask_fn(ctx, options) -> Any:
     data = ctx.config.data
     patch = int(str(ctx.config.model.variant).split("/")[1])
     rows, cols = data.target_length // patch, data.num_mel_bins // patch
-    return lambda key, batch: time_freq_mask(jax.random.split(key, batch), batch, rows, cols, pt, pf)
+    return lambda key, batch: time_freq_mask(jax.random.split(key, batch), batch, rows, cols, pt, pf,
+                                             order="finetune")
