@@ -35,7 +35,7 @@ _AUDIO_SMOKE_EVALS = {
 _VIDEO_METRICS = {"probe top-1": "eval/probe/top1", "probe, random-init": "eval/probe/random_init_top1"}
 _VIDEO_SETUP = (
     "ViT-Pico/4 VideoMAE (96 wide, 4 deep, 2x4x4 tubelets, fixed sinusoid positions, q/v biases; decoder "
-    "64 wide, 2 deep) pre-trained at masking ratio 0.9 for 4 epochs (batch 64) on 8-frame 32x32 "
+    "64 wide, 2 deep) pre-trained at masking ratio 0.9 for 2 epochs (batch 64) on 8-frame 32x32 "
     "moving-CIFAR-10 clips made from the 10,000 bundled CIFAR-10 training images "
     "(`maskjax/data/video/moving_cifar.py` documents the generator). Evaluation: a softmax probe on the "
     "frozen mean-pooled features of 2,000 training clips, tested on 1,000 clips of the bundled test images, "

@@ -18,7 +18,7 @@ from maskjax.config_media import media_smoke, moving_cifar_data, video_base_conf
 
 def get_config(arg=None):
     """``arg``: epochs, masking=tube|random, smoke."""
-    args = parse_arg(arg, epochs=4, masking="tube", smoke=False)
+    args = parse_arg(arg, epochs=2, masking="tube", smoke=False)
     c = video_base_config()
     c.method = "videomae"
     moving_cifar_data(c)
