@@ -179,12 +179,14 @@ def build_row_config(table: Table, row: Row, smoke: bool = False):
 
     config = load_config(os.path.join(REPO_ROOT, table.config))
     base = dict(table.base)
-    evals = base.pop("evals", {})
+    # A table without "evals" in its base keeps the evaluators of its recipe.
+    evals = base.pop("evals", None)
     if smoke:
         evals = SMOKE_EVALS if table.smoke_evals is None else table.smoke_evals
         base.pop("epochs", None)
         base.pop("total_steps", None)
-    config.evals = ml_collections.ConfigDict({k: dict(v) for k, v in evals.items()})
+    if evals is not None:
+        config.evals = ml_collections.ConfigDict({k: dict(v) for k, v in evals.items()})
     apply_overrides(config, base)
     apply_overrides(config, dict(row.overrides))
     if smoke:

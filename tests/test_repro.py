@@ -42,3 +42,12 @@ def test_changed_evaluator_re_evaluates_without_pre_training_again(tmp_path, mon
     assert second["eval_only"] is True and second["evals"]["probe"]["epochs"] == 3
     steps = [json.loads(l)["step"] for l in open(tmp_path / "runs" / run / "metrics.jsonl") if '"loss"' in l]
     assert steps == [1, 2]                                   # no training step was run again
+
+
+def test_table_without_evals_keeps_the_recipe_evaluators():
+    from maskjax.repro import build_row_config
+
+    table = TABLES["audiomae_fsdd"]
+    config = build_row_config(table, table.rows[0])
+    assert set(config.evals) == {"probe", "finetune"}
+    assert config.evals.finetune.random_baseline is True
