@@ -68,6 +68,8 @@ def parse_overrides(config, items: list[str]) -> dict[str, Any]:
     Booleans accept true/false/1/0; unset (None) fields and tuples take a Python literal
     (falling back to the string). Unknown keys raise KeyError naming the key.
     """
+    from maskjax.models.remat import REMAT_POLICIES
+
     out = {}
     for item in items:
         key, eq, text = item.partition("=")
@@ -79,8 +81,12 @@ def parse_overrides(config, items: list[str]) -> dict[str, Any]:
                 raise KeyError(f"unknown config field {key!r}")
             node = node[part]
         if isinstance(node, bool):
+            if key == "remat" and text in REMAT_POLICIES:  # remat also takes a policy name
+                out[key] = text
+                continue
             if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(f"override {key}: expected a boolean, got {text!r}")
+                extra = f" or one of {REMAT_POLICIES}" if key == "remat" else ""
+                raise ValueError(f"override {key}: expected a boolean{extra}, got {text!r}")
             out[key] = text.lower() in ("true", "1", "yes")
         elif isinstance(node, (int, float, str)):
             out[key] = type(node)(text)
@@ -394,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak TFLOP/s for MFU (default: table)")
     p.add_argument("--workdir", default="runs/bench", help="where a text vocabulary is cached (default runs/bench)")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    p.add_argument("--compile-cache", "--compile_cache", default=None, metavar="DIR",
+                   help="JAX persistent compilation cache directory (default: config.compile_cache_dir)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     from absl import flags
 
@@ -406,6 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.config:
         try:
             config = load(spec, args.override, args.batch)
+            from maskjax.train.compile_cache import enable_compile_cache
+
+            enable_compile_cache(args.compile_cache or config.get("compile_cache_dir"))
             row = bench_config(config, label=spec, steps=args.steps, warmup=args.warmup,
                                synthetic=args.synthetic_data, workdir=args.workdir, peak=args.peak_tflops)
         except (FileNotFoundError, KeyError, ValueError, ConfigError) as e:

@@ -23,11 +23,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.method = "mae"
     c.seed = 0
     c.compute_dtype = "float32"   # "bfloat16": bf16 compute, float32 parameters
-    c.remat = False               # rematerialise each transformer block in the backward pass
+    # Rematerialisation: False/True (off / whole block) or a policy name, "none" | "full" | "dots" |
+    # "attention" (maskjax/models/remat.py); typed `object` so a bool or a name can be set.
+    c.remat = config_dict.FieldReference(False, field_type=object)
+    c.compile_cache_dir = config_dict.placeholder(str)  # JAX persistent compilation cache (None = off)
 
     c.model = ml_collections.ConfigDict(dict(
         variant="B/16", in_chans=3, decoder_width=512, decoder_depth=8, decoder_heads=16))
     c.model.attention_impl = config_dict.placeholder(str)  # None = XLA picks; "cudnn" forces it
+    c.model.scan_layers = False   # stack the blocks and apply them with nnx.scan (faster compile)
     c.masking = ml_collections.ConfigDict(dict(ratio=0.75))
     c.loss = ml_collections.ConfigDict(dict(norm_pix=True))
 

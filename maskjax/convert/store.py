@@ -236,6 +236,10 @@ def read_train_workdir(workdir: str, step: int | None = None) -> tuple[ModelSpec
     if config.get("method") != "mae":
         raise ConversionError(f"only MAE training runs convert; {workdir} is method {config.get('method')!r}")
     m = config["model"]
+    if m.get("scan_layers"):
+        raise ConversionError(f"{workdir} was trained with model.scan_layers=True (blocks stacked along a "
+                              f"leading layer axis); conversion reads unscanned runs only: unstack the "
+                              f"params with maskjax.models.scan.unstack_layers first")
     spec = ModelSpec(kind="mae", variant=m["variant"], image_size=int(config["data"]["image_size"]),
                      in_chans=int(m.get("in_chans", 3)), decoder_width=int(m["decoder_width"]),
                      decoder_depth=int(m["decoder_depth"]), decoder_heads=int(m["decoder_heads"]),

@@ -84,6 +84,7 @@ class MAE:
             dtype=compute_dtype(c.get("compute_dtype", "float32")),
             remat=c.get("remat", False),
             attention_impl=m.get("attention_impl", None),
+            scan_layers=bool(m.get("scan_layers", False)),
             rngs=rngs,
         )
 

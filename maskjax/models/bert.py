@@ -33,7 +33,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from maskjax.models.layers import dense, layer_norm
+from maskjax.models.layers import dense, gelu_erf, layer_norm
+from maskjax.models.remat import maybe_remat_core, remat_block, resolve_remat
 
 BERT_LN_EPS = 1e-12
 INIT_STD = 0.02
@@ -127,7 +128,7 @@ def text_config(size: str | TextConfig | Mapping[str, Any] = "Base", **overrides
 def activation(name: str) -> Callable[[jax.Array], jax.Array]:
     """``"gelu"``: exact erf GELU (HF ``gelu``); ``"gelu_tanh"``: tanh approximation (TF BERT, HF ``gelu_new``)."""
     if name == "gelu":
-        return lambda x: jax.nn.gelu(x, approximate=False)
+        return gelu_erf  # the erf form: cheaper than jax.nn.gelu's erfc on XLA:CPU, same values
     if name == "gelu_tanh":
         return lambda x: jax.nn.gelu(x, approximate=True)
     raise ValueError(f"unknown activation {name!r}; known: {ACTIVATIONS}")
@@ -208,8 +209,14 @@ def attention(q, k, v, input_mask, *, keep: jax.Array | None = None, rate: float
 
     Without dropout this is ``jax.nn.dot_product_attention`` (fused kernels where available).
     Attention-probability dropout (``keep`` [B, N, L, L]) needs the probabilities, so that case is
-    written out (softmax in float32), as BERT's ``attention_probs_dropout_prob``.
+    written out (softmax in float32), as BERT's ``attention_probs_dropout_prob``. Under the
+    "attention" remat policy the whole core is recomputed in the backward pass.
     """
+    core = lambda q, k, v, input_mask, keep: _attention_core(q, k, v, input_mask, keep, rate, impl)
+    return maybe_remat_core(core)(q, k, v, input_mask, keep)
+
+
+def _attention_core(q, k, v, input_mask, keep, rate: float, impl: str | None) -> jax.Array:
     mask = input_mask.astype(bool)[:, None, None, :]  # [B, 1, 1, S]: mask padding keys only, as BERT
     if keep is None:
         if impl == "cudnn":  # cuDNN wants the mask with its full query and key lengths
@@ -293,7 +300,7 @@ class TransformerStack(nnx.Module):
     def __init__(self, cfg: TextConfig, *, pooler: bool = False, rngs: nnx.Rngs, dtype: Any = None,
                  remat: bool = False, attention_impl: str | None = None):
         self.cfg = cfg
-        self.remat = remat
+        self.remat = resolve_remat(remat)  # a policy name of maskjax.models.remat
         self.embeddings_project = (tdense(cfg.embedding_size, cfg.hidden, ("embed", "embed"), rngs=rngs, dtype=dtype)
                                    if cfg.embedding_size != cfg.hidden else None)
         self.layers = nnx.List([BertLayer(cfg, rngs=rngs, dtype=dtype, attention_impl=attention_impl)
@@ -304,12 +311,10 @@ class TransformerStack(nnx.Module):
                  dropout_keys: jax.Array | None = None) -> tuple[jax.Array, dict]:
         x = self.embeddings_project(emb) if self.embeddings_project is not None else emb
         layer_keys = split_keys(dropout_keys, len(self.layers))
+        call = remat_block(self.remat, lambda blk, y, m, k: blk(y, m, k))
         for i, layer in enumerate(self.layers):
             keys = None if layer_keys is None else layer_keys[:, i]
-            if self.remat:
-                x = nnx.remat(lambda blk, y, m, k: blk(y, m, k))(layer, x, input_mask, keys)
-            else:
-                x = layer(x, input_mask, keys)
+            x = call(layer, x, input_mask, keys)
         aux = {}
         if self.pooler is not None:
             aux["pooled"] = jnp.tanh(self.pooler(x[:, 0]))

@@ -8,6 +8,7 @@ names in its ``logical_axes`` metadata; ``maskjax.train.sharding`` maps them ont
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Sequence
 
@@ -15,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from maskjax.models import attention, linear, remat
 
 LN_EPS = 1e-6
 Axes = Sequence[str | None]
@@ -28,6 +31,28 @@ def _init_with_axes(init: Any, axes: Axes):
     return nnx.with_metadata(init, logical_axes=tuple(axes))
 
 
+class Dense(nnx.Linear):
+    """``nnx.Linear`` that multiplies [..., in] inputs as one [N, in] matrix (same parameters).
+
+    Why (docs/performance.md, "CPU vs PyTorch"): for a [B, T, in] input the kernel gradient
+    contracts two axes, which XLA:CPU lowers through a transposed copy of the cotangent; the 2-D
+    form avoids it, and on the CPU backend the matmul's backward pass is laid out for XLA:CPU's
+    fast GEMM path (:func:`maskjax.models.linear.matmul_cpu`). The reshapes are free (bitcasts).
+    """
+
+    def __call__(self, inputs: jax.Array, out_sharding=None) -> jax.Array:
+        x = inputs.reshape(-1, inputs.shape[-1]) if inputs.ndim > 2 else inputs
+        if (x.ndim == 2 and out_sharding is None and self.precision is None
+                and self.preferred_element_type is None and linear.use_cpu_matmul()):
+            bias = self.bias[...] if self.bias is not None else None
+            x, kernel, bias = self.promote_dtype((x, self.kernel[...], bias), dtype=self.dtype)
+            y = linear.matmul_cpu(x, kernel)
+            y = y if bias is None else y + bias
+        else:
+            y = super().__call__(x, out_sharding)
+        return y.reshape(inputs.shape[:-1] + (y.shape[-1],))
+
+
 def dense(
     in_features: int,
     out_features: int,
@@ -38,9 +63,9 @@ def dense(
     use_bias: bool = True,
     kernel_init: Any = None,
 ) -> nnx.Linear:
-    """A Linear layer with MAE's xavier-uniform/zero init and logical axis names ``(in, out)``."""
+    """A :class:`Dense` layer with MAE's xavier-uniform/zero init and logical axis names ``(in, out)``."""
     kernel_init = kernel_init or nnx.initializers.xavier_uniform()
-    return nnx.Linear(
+    return Dense(
         in_features,
         out_features,
         use_bias=use_bias,
@@ -90,13 +115,43 @@ def sincos_2d(dim: int, grid_h: int, grid_w: int, cls_token: bool = False) -> np
     return emb.astype(np.float32)
 
 
+# config.model.attention_impl values: None = jax.nn.dot_product_attention's own choice.
+ATTENTION_IMPLS = ("xla", "cudnn", "blockwise", "bhtd")
+
+
+# On the CPU backend, attention_impl=None picks "blockwise" from this many keys on: measured faster
+# in the MAE ViT-S/16 train step (decoder, 197 tokens), not for 17- to 65-token sequences.
+CPU_BLOCKWISE_MIN_KEYS = 128
+
+
+def default_attention_impl(num_keys: int) -> str | None:
+    """What ``attention_impl=None`` means: "blockwise" on CPU for long sequences, else JAX's choice."""
+    if jax.default_backend() == "cpu" and num_keys >= CPU_BLOCKWISE_MIN_KEYS:
+        return "blockwise"
+    return None
+
+
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, impl: str | None = None) -> jax.Array:
     """Scaled dot-product attention core on [B, T, H, Dh] inputs (no mask, no dropout).
 
-    ``impl`` None lets XLA choose; "cudnn" forces the fused cuDNN kernel on GPUs; "xla" the
-    plain einsum lowering.
+    ``impl`` None picks :func:`default_attention_impl` (on CPU "blockwise" for 128 keys or more,
+    otherwise ``jax.nn.dot_product_attention``'s own choice: cuDNN on GPUs where it applies);
+    "cudnn" forces the fused cuDNN kernel on GPUs; "xla" the plain einsum lowering; "blockwise" the
+    memory-efficient online-softmax attention with a recomputing backward, "bhtd" plain attention
+    in the [B, H, T, D] layout (both in ``maskjax.models.attention``).
     """
-    return jax.nn.dot_product_attention(q, k, v, implementation=impl)
+    if impl is not None and impl not in ATTENTION_IMPLS:
+        raise ValueError(f"unknown attention_impl {impl!r}; use None or one of {ATTENTION_IMPLS}")
+    if impl is None:
+        impl = default_attention_impl(k.shape[1])
+    if impl == "blockwise":
+        core = attention.blockwise_attention
+    elif impl == "bhtd":
+        core = attention.bhtd_attention
+    else:
+        core = functools.partial(jax.nn.dot_product_attention, implementation=impl)
+    # Under the "attention" remat policy the core is recomputed in the backward pass (remat.py).
+    return remat.maybe_remat_core(core)(q, k, v)
 
 
 class Attention(nnx.Module):
@@ -141,7 +196,17 @@ class Mlp(nnx.Module):
         self.fc2 = dense(hidden, dim, ("mlp", "embed"), rngs=rngs, dtype=dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+        return self.fc2(gelu_erf(self.fc1(x)))
+
+
+def gelu_erf(x: jax.Array) -> jax.Array:
+    """Exact GELU as ``torch.nn.GELU``: ``0.5 x (1 + erf(x / sqrt 2))``.
+
+    ``jax.nn.gelu(approximate=False)`` computes the same function through ``erfc``, whose XLA:CPU
+    lowering evaluates both branches of a select; fused into the block it costs several times
+    more than this ``erf`` form (docs/performance.md). Values agree to float32 rounding.
+    """
+    return 0.5 * x * (1.0 + jax.lax.erf(x * jnp.asarray(1.0 / math.sqrt(2.0), x.dtype)))
 
 
 class Block(nnx.Module):

@@ -10,6 +10,8 @@ from flax import nnx
 
 from maskjax.masking import Mask
 from maskjax.models.layers import Block, Buffer, dense, layer_norm, sincos_2d
+from maskjax.models.remat import remat_block, resolve_remat
+from maskjax.models.scan import scan_blocks, stacked_blocks
 from maskjax.models.vit import ViT
 
 
@@ -22,21 +24,24 @@ class MaskedAutoencoder(nnx.Module):
 
     def __init__(self, variant: str, *, image_size: int, in_chans: int = 3, rngs: nnx.Rngs,
                  decoder_width: int = 512, decoder_depth: int = 8, decoder_heads: int = 16,
-                 mlp_ratio: float = 4.0, dtype: Any = None, remat: bool = False,
-                 attention_impl: str | None = None):
+                 mlp_ratio: float = 4.0, dtype: Any = None, remat: bool | str = False,
+                 attention_impl: str | None = None, scan_layers: bool = False):
         self.encoder = ViT(variant, image_size=image_size, in_chans=in_chans, rngs=rngs, dtype=dtype,
-                           remat=remat, attention_impl=attention_impl)
+                           remat=remat, attention_impl=attention_impl, scan_layers=scan_layers)
         grid, patch = self.encoder.grid, self.encoder.patch_size
         self.in_chans = in_chans
-        self.remat = remat
+        self.remat = resolve_remat(remat)
+        self.scan_layers = scan_layers
         self.decoder_embed = dense(self.encoder.width, decoder_width, ("embed", "embed"), rngs=rngs, dtype=dtype)
         self.mask_token = nnx.Param(0.02 * jax.random.normal(rngs.params(), (1, 1, decoder_width)),
                                     logical_axes=(None, None, "embed"))
         self.decoder_pos_embed = Buffer(sincos_2d(decoder_width, grid, grid, cls_token=True)[None])
-        self.decoder_blocks = nnx.List([
-            Block(decoder_width, decoder_heads, mlp_ratio, rngs=rngs, dtype=dtype, attention_impl=attention_impl)
-            for _ in range(decoder_depth)
-        ])
+        make_block = lambda r: Block(decoder_width, decoder_heads, mlp_ratio, rngs=r, dtype=dtype,
+                                     attention_impl=attention_impl)
+        if scan_layers:
+            self.decoder_blocks = stacked_blocks(make_block, decoder_depth, rngs)
+        else:
+            self.decoder_blocks = nnx.List([make_block(rngs) for _ in range(decoder_depth)])
         self.decoder_norm = layer_norm(decoder_width, rngs=rngs, dtype=dtype)
         self.decoder_pred = dense(decoder_width, patch * patch * in_chans, ("embed", "patch"), rngs=rngs, dtype=dtype)
 
@@ -60,11 +65,12 @@ class MaskedAutoencoder(nnx.Module):
         body = jnp.take_along_axis(body, mask.ids_restore[..., None], axis=1)  # unshuffle
         x = jnp.concatenate([x[:, :1], body], axis=1)
         x = x + self.decoder_pos_embed[...].astype(x.dtype)
-        for block in self.decoder_blocks:
-            if self.remat:
-                x = nnx.remat(lambda blk, y: blk(y))(block, x)
-            else:
-                x = block(x)
+        if self.scan_layers:
+            x = scan_blocks(self.decoder_blocks, x, self.remat)
+        else:
+            call = remat_block(self.remat, lambda blk, y: blk(y))
+            for block in self.decoder_blocks:
+                x = call(block, x)
         x = self.decoder_pred(self.decoder_norm(x))
         return x[:, 1:]
 

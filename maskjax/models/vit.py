@@ -12,6 +12,8 @@ from flax import nnx
 
 from maskjax.masking import Mask, gather_tokens
 from maskjax.models.layers import Block, Buffer, PatchEmbed, layer_norm, sincos_2d
+from maskjax.models.remat import remat_block, resolve_remat
+from maskjax.models.scan import scan_blocks, stacked_blocks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,8 +61,8 @@ class ViT(nnx.Module):
     """
 
     def __init__(self, variant: str, *, image_size: int, in_chans: int = 3, rngs: nnx.Rngs,
-                 dtype: Any = None, drop_path: float = 0.0, remat: bool = False,
-                 attention_impl: str | None = None):
+                 dtype: Any = None, drop_path: float = 0.0, remat: bool | str = False,
+                 attention_impl: str | None = None, scan_layers: bool = False):
         size, patch = parse_variant(variant)
         if image_size % patch:
             raise ValueError(f"image size {image_size} is not divisible by patch size {patch}")
@@ -69,18 +71,28 @@ class ViT(nnx.Module):
         self.width = size.width
         self.depth = size.depth
         self.dtype = dtype
-        self.remat = remat
+        self.remat = resolve_remat(remat)  # a policy name of maskjax.models.remat
+        self.scan_layers = scan_layers
         self.patch_embed = PatchEmbed(patch, in_chans, size.width, rngs=rngs, dtype=dtype)
         self.cls_token = nnx.Param(0.02 * jax.random.normal(rngs.params(), (1, 1, size.width)),
                                    logical_axes=(None, None, "embed"))
         self.pos_embed = Buffer(sincos_2d(size.width, self.grid, self.grid, cls_token=True)[None])
         # Stochastic depth grows linearly with depth (timm), used only by fine-tuning.
         rates = [drop_path * i / max(size.depth - 1, 1) for i in range(size.depth)]
-        self.blocks = nnx.List([
-            Block(size.width, size.heads, size.mlp_ratio, rngs=rngs, dtype=dtype, drop_path=r,
-                  attention_impl=attention_impl)
-            for r in rates
-        ])
+        if scan_layers:
+            # One stacked block (leading "layers" axis) applied with nnx.scan: identical blocks only.
+            if drop_path:
+                raise ValueError("scan_layers needs drop_path 0 (the rate differs per block); unset "
+                                 "model.scan_layers for fine-tuning with stochastic depth")
+            self.blocks = stacked_blocks(
+                lambda r: Block(size.width, size.heads, size.mlp_ratio, rngs=r, dtype=dtype,
+                                attention_impl=attention_impl), size.depth, rngs)
+        else:
+            self.blocks = nnx.List([
+                Block(size.width, size.heads, size.mlp_ratio, rngs=rngs, dtype=dtype, drop_path=r,
+                      attention_impl=attention_impl)
+                for r in rates
+            ])
         self.norm = layer_norm(size.width, rngs=rngs, dtype=dtype)
 
     @property
@@ -89,13 +101,13 @@ class ViT(nnx.Module):
         return self.grid * self.grid
 
     def run_blocks(self, x: jax.Array, key: jax.Array | None = None) -> jax.Array:
-        """Applies the transformer blocks (with optional rematerialisation and drop-path key)."""
-        keys = [None] * len(self.blocks) if key is None else list(jax.random.split(key, len(self.blocks)))
+        """Applies the transformer blocks (with the remat policy and an optional drop-path key)."""
+        if self.scan_layers:
+            return scan_blocks(self.blocks, x, self.remat, None if key is None else jax.random.split(key, self.depth))
+        keys = [None] * self.depth if key is None else list(jax.random.split(key, self.depth))
+        call = remat_block(self.remat, lambda blk, y, kk: blk(y, kk))
         for block, k in zip(self.blocks, keys):
-            if self.remat:
-                x = nnx.remat(lambda blk, y, kk: blk(y, kk))(block, x, k)
-            else:
-                x = block(x, k)
+            x = call(block, x, k)
         return x
 
     def __call__(self, images: jax.Array, mask: Mask | None = None, *,

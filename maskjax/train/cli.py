@@ -27,6 +27,9 @@ _STEP_TIMEOUT_ABORT = flags.DEFINE_bool("step_timeout_abort", False, "Exit with 
                                         "report, so a launcher stops the other processes.")
 _EXPECTED_DEVICES = flags.DEFINE_integer("expected_devices", None, "Fail before training unless JAX sees this "
                                          "many devices in all.")
+_COMPILE_CACHE = flags.DEFINE_string("compile_cache", None, "JAX persistent compilation cache directory: a "
+                                     "second start of the same run skips compilation (default: "
+                                     "config.compile_cache_dir; unset = no cache).")
 _PREFLIGHT_TIMEOUT = flags.DEFINE_float("preflight_timeout", 120, "Seconds to wait for every process's "
                                         "preflight report.")
 
@@ -58,6 +61,9 @@ def main(argv) -> None:
         from maskjax.train.validate import ConfigError
 
         config = _CONFIG.value
+        from maskjax.train.compile_cache import enable_compile_cache
+
+        enable_compile_cache(_COMPILE_CACHE.value or config.get("compile_cache_dir"))
         workdir = _WORKDIR.value or _default_workdir(flags.FLAGS["config"].config_filename)
         timeout = _STEP_TIMEOUT.value if _STEP_TIMEOUT.value is not None else config.get("watchdog_seconds", 0)
         watchdog = StepWatchdog(timeout or 0, abort=_STEP_TIMEOUT_ABORT.value,

@@ -26,6 +26,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("heads", "tensor"),
     ("patch", None),
     ("vocab", "tensor"),
+    ("layers", None),  # the stacked-blocks axis of scanned layers (model.scan_layers): never sharded
 )
 
 

@@ -1,0 +1,120 @@
+"""The attention cores of maskjax/models/attention.py against jax.nn.dot_product_attention and a
+hand-written float64 NumPy softmax attention (values and gradients, odd lengths)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from maskjax.models.attention import balanced_block, bhtd_attention, blockwise_attention
+from maskjax.models.layers import ATTENTION_IMPLS, attend
+
+
+def _qkv(b, t, h, d, seed=0, tk=None):
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((b, t, h, d), dtype=np.float32)
+    k = rng.standard_normal((b, tk or t, h, d), dtype=np.float32)
+    v = rng.standard_normal((b, tk or t, h, d), dtype=np.float32)
+    return jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
+
+
+def _numpy_attention(q, k, v):
+    q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+    s = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    return np.einsum("bhqk,bkhd->bqhd", p, v)
+
+
+def _grads(fn, q, k, v, w):
+    # A random cotangent: sum(out * w) makes every output element matter.
+    return jax.grad(lambda q, k, v: jnp.sum(fn(q, k, v) * w), argnums=(0, 1, 2))(q, k, v)
+
+
+# Lengths not divisible by the block (197 = ViT-B/16 tokens, 50 = its MAE encoder, 1568 = VideoMAE);
+# small blocks make several query and key blocks, so the online softmax and the padding are exercised.
+# tile_bytes small enough to split batch x heads into several (padded) chunks in some cases.
+@pytest.mark.parametrize("b,t,h,d,block,tile", [(2, 197, 3, 16, 64, 40_000), (3, 50, 2, 8, 16, 2048),
+                                                (1, 1568, 1, 8, 512, 2**20), (2, 7, 2, 4, 128, 2**20)])
+def test_blockwise_matches_reference(b, t, h, d, block, tile):
+    q, k, v = _qkv(b, t, h, d)
+    fn = lambda q, k, v: blockwise_attention(q, k, v, block_q=block, block_k=block, tile_bytes=tile)
+    ref = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla")
+    out = jax.jit(fn)(q, k, v)
+    np.testing.assert_allclose(out, ref(q, k, v), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(out, _numpy_attention(q, k, v), atol=2e-5, rtol=1e-5)
+    w = jnp.asarray(np.random.default_rng(1).standard_normal(out.shape, dtype=np.float32))
+    for got, want in zip(jax.jit(lambda *a: _grads(fn, *a, w))(q, k, v), _grads(ref, q, k, v, w)):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_balanced_blocks():
+    assert [balanced_block(t, 128) for t in (197, 50, 1568, 128, 129)] == [99, 50, 121, 128, 65]
+
+
+def test_blockwise_cross_attention_lengths_and_rectangular_blocks():
+    q, k, v = _qkv(2, 33, 2, 8, tk=21)
+    out = blockwise_attention(q, k, v, block_q=8, block_k=5)
+    np.testing.assert_allclose(out, _numpy_attention(q, k, v), atol=2e-5, rtol=1e-5)
+
+
+def test_blockwise_never_materialises_full_scores():
+    # With 64-wide blocks the largest float32 intermediate of the jitted forward+backward must be far
+    # below one [B, H, T, T] score tensor (the point of the method).
+    b, t, h, d = 1, 1024, 1, 8
+    q, k, v = _qkv(b, t, h, d)
+    w = jnp.ones((b, t, h, d))
+    fn = lambda q, k, v: blockwise_attention(q, k, v, block_q=64, block_k=64)
+    plain = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla")
+    mem = lambda f: jax.jit(lambda *a: _grads(f, *a, w)).lower(q, k, v).compile().memory_analysis().temp_size_in_bytes
+    assert mem(fn) < b * h * t * t * 4 / 4 < mem(plain)
+
+
+def test_bhtd_matches_reference():
+    q, k, v = _qkv(2, 65, 4, 24)
+    np.testing.assert_allclose(bhtd_attention(q, k, v), _numpy_attention(q, k, v), atol=2e-5, rtol=1e-5)
+    w = jnp.ones(q.shape)
+    ref = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla")
+    for got, want in zip(_grads(bhtd_attention, q, k, v, w), _grads(ref, q, k, v, w)):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_blockwise_bfloat16_close_to_float32():
+    q, k, v = _qkv(2, 50, 2, 16)
+    out = blockwise_attention(*(x.astype(jnp.bfloat16) for x in (q, k, v)), block_q=16, block_k=16)
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_allclose(out.astype(jnp.float32), _numpy_attention(q, k, v), atol=3e-2)
+
+
+@pytest.mark.parametrize("impl", ["blockwise", "bhtd", "xla", None])
+def test_attend_dispatch(impl):
+    q, k, v = _qkv(1, 19, 2, 8)
+    np.testing.assert_allclose(attend(q, k, v, impl), _numpy_attention(q, k, v), atol=2e-5, rtol=1e-5)
+
+
+def test_attend_unknown_impl():
+    q, k, v = _qkv(1, 4, 1, 4)
+    with pytest.raises(ValueError, match="attention_impl"):
+        attend(q, k, v, "flashy")
+    assert {"blockwise", "bhtd", "xla", "cudnn"} <= set(ATTENTION_IMPLS)
+
+
+def test_blockwise_bad_inputs():
+    q, k, v = _qkv(1, 4, 1, 4)
+    with pytest.raises(ValueError, match="must be positive"):
+        blockwise_attention(q, k, v, block_q=0)
+    with pytest.raises(ValueError, match="expects q"):
+        blockwise_attention(q[0], k[0], v[0])
+
+
+def test_cpu_default_is_blockwise_for_long_sequences():
+    from maskjax.models.layers import CPU_BLOCKWISE_MIN_KEYS, default_attention_impl
+
+    assert jax.default_backend() == "cpu"
+    assert default_attention_impl(CPU_BLOCKWISE_MIN_KEYS) == "blockwise" and default_attention_impl(65) is None
+    q, k, v = _qkv(1, CPU_BLOCKWISE_MIN_KEYS + 3, 1, 4)
+    jaxpr = str(jax.make_jaxpr(lambda q, k, v: attend(q, k, v))(q, k, v))
+    assert "custom_vjp" in jaxpr  # the blockwise core
+    np.testing.assert_allclose(attend(q, k, v), _numpy_attention(q, k, v), atol=2e-5, rtol=1e-5)

@@ -1,0 +1,178 @@
+"""Speed options that must not change the maths: remat policies, scanned layers, compile cache.
+
+- every remat policy gives the no-remat loss and gradients, and really inserts a checkpoint;
+- a scanned MAE (``model.scan_layers``) given the unscanned weights (stacked with
+  ``stack_layers``) computes the same outputs and gradients; it trains, checkpoints and
+  resumes; the converter refuses a scanned run with a clear message;
+- ``--compile_cache`` / ``config.compile_cache_dir`` switch on JAX's persistent cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from maskjax.methods.mae import mae_forward
+from maskjax.models.mae import MaskedAutoencoder
+from maskjax.models.remat import REMAT_POLICIES, resolve_remat
+from maskjax.models.scan import is_scanned, stack_layers, unstack_layers
+from maskjax.train.state import to_tree
+from tests.conftest import REPO_ROOT
+
+MICRO = dict(image_size=16, decoder_width=32, decoder_depth=2, decoder_heads=2)
+
+
+def _mae(**kwargs):
+    return MaskedAutoencoder("mu/4", rngs=nnx.Rngs(0), **MICRO, **kwargs)
+
+
+def _inputs(b=3):
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.standard_normal((b, 16, 16, 3), dtype=np.float32))
+    noise = jnp.asarray(rng.uniform(size=(b, 16)).astype(np.float32))
+    return images, noise
+
+
+def _loss_and_grads(model, images, noise):
+    """(loss, pixel predictions, grads as a pure dict, the gradient's jaxpr as text)."""
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss_fn(p):
+        loss, pred, _, _ = mae_forward(nnx.merge(graphdef, p, rest), images, noise, 0.75, True)
+        return loss, pred
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (loss, pred), grads = jax.jit(grad_fn)(params)
+    return loss, pred, to_tree(grads), str(jax.make_jaxpr(grad_fn)(params))
+
+
+def test_resolve_remat_names_and_errors():
+    assert [resolve_remat(v) for v in (False, None, True, "dots", "attention")] == [
+        "none", "none", "full", "dots", "attention"]
+    with pytest.raises(ValueError, match=r"config.remat.*'none', 'full', 'dots', 'attention'"):
+        resolve_remat("sometimes")
+    with pytest.raises(ValueError, match="unknown remat policy"):
+        _mae(remat="sometimes")
+
+
+@pytest.fixture(scope="module")
+def no_remat():
+    images, noise = _inputs()
+    return (images, noise) + _loss_and_grads(_mae(remat=False), images, noise)
+
+
+@pytest.mark.parametrize("policy", [p for p in REMAT_POLICIES if p != "none"])
+def test_remat_policy_same_loss_and_grads(policy, no_remat):
+    images, noise, loss0, _, grads0, jaxpr0 = no_remat
+    loss, _, grads, jaxpr = _loss_and_grads(_mae(remat=policy), images, noise)
+    np.testing.assert_allclose(loss, loss0, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads, grads0)
+    # The policy must really rematerialise something (a checkpoint in the gradient's program).
+    assert "checkpoint" not in jaxpr0 and "remat" not in jaxpr0
+    assert "checkpoint" in jaxpr or "remat" in jaxpr
+
+
+def test_bert_remat_policies_same_grads():
+    from maskjax.models.bert import BertEncoder
+
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, 64, (2, 12)))
+    mask = jnp.ones_like(ids).at[1, 9:].set(0)
+
+    def grads(remat):
+        model = BertEncoder("mu", rngs=nnx.Rngs(0), vocab_size=64, max_positions=16, remat=remat)
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        fn = lambda p: jnp.sum(nnx.merge(graphdef, p, rest)(ids, None, mask)[0] ** 2)
+        return to_tree(jax.grad(fn)(params))
+
+    ref = grads(False)
+    for policy in ("full", "dots", "attention"):
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), grads(policy), ref)
+
+
+def _scanned_copy(model, **kwargs):
+    """A scanned MAE carrying ``model``'s weights (stacked with stack_layers)."""
+    scanned = _mae(scan_layers=True, **kwargs)
+    graphdef, params, rest = nnx.split(scanned, nnx.Param, ...)
+    stacked = stack_layers(to_tree(nnx.state(model, nnx.Param)))
+    nnx.replace_by_pure_dict(params, stacked)
+    return nnx.merge(graphdef, params, rest)
+
+
+def test_stack_unstack_round_trip_and_layout():
+    model = _mae()
+    tree = to_tree(nnx.state(model, nnx.Param))
+    stacked = stack_layers(tree)
+    assert not is_scanned(tree) and is_scanned(stacked)
+    assert stacked["encoder"]["blocks"]["attn"]["qkv"]["kernel"].shape == (2, 32, 96)
+    assert stacked["decoder_blocks"]["mlp"]["fc1"]["kernel"].shape == (2, 32, 128)
+    jax.tree.map(np.testing.assert_array_equal, unstack_layers(stacked), tree)
+    # The scanned model's own tree has exactly the stacked layout, with a leading "layers" axis.
+    scanned = _mae(scan_layers=True)
+    assert jax.tree.map(jnp.shape, to_tree(nnx.state(scanned, nnx.Param))) == jax.tree.map(jnp.shape, stacked)
+    var = scanned.encoder.blocks.attn.qkv.kernel
+    assert var.get_metadata()["logical_axes"] == ("layers", "embed", "heads")
+
+
+def test_scanned_equals_unscanned(no_remat):
+    # Unscanned without remat (the fixture) vs scanned with the "dots" policy inside the scan body.
+    images, noise, loss0, pred0, grads0, _ = no_remat
+    scanned = _scanned_copy(_mae(remat=False), remat="dots")
+    loss, pred, grads, jaxpr = _loss_and_grads(scanned, images, noise)
+    assert "scan" in jaxpr and ("checkpoint" in jaxpr or "remat" in jaxpr)
+    np.testing.assert_allclose(loss, loss0, rtol=1e-6)
+    np.testing.assert_allclose(pred, pred0, rtol=1e-5, atol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), unstack_layers(grads), grads0)
+    # Passing the scanned module into jax.jit as an argument works too (evaluators do this).
+    out = jax.jit(lambda m, x: m.encoder(x)[1]["cls"])(scanned, images)
+    assert out.shape == (3, 32) and bool(jnp.all(jnp.isfinite(out)))
+
+
+def test_scan_refuses_drop_path():
+    from maskjax.models.vit import ViT
+
+    with pytest.raises(ValueError, match="scan_layers needs drop_path 0"):
+        ViT("mu/4", image_size=16, rngs=nnx.Rngs(0), drop_path=0.1, scan_layers=True)
+
+
+def test_scanned_trains_checkpoints_resumes_and_converter_refuses(tiny, tmp_path):
+    from maskjax.convert.common import ConversionError
+    from maskjax.convert.store import read_train_workdir
+    from maskjax.train.loop import train
+
+    config = tiny(**{"model.scan_layers": True, "remat": "dots", "total_steps": 4, "log_every_steps": 1,
+                     "checkpoint.every_steps": 2})
+    first = train(config, str(tmp_path), stop_at_step=2)
+    assert first.step == 2 and is_scanned(jax.device_get(first.state["params"]))
+    resumed = train(config, str(tmp_path))
+    assert resumed.step == 4
+    losses = [h["loss"] for h in first.history + resumed.history]
+    assert len(losses) == 4 and all(np.isfinite(losses))
+    assert json.load(open(tmp_path / "config.json"))["model"]["scan_layers"] is True
+    with pytest.raises(ConversionError, match="scan_layers"):
+        read_train_workdir(str(tmp_path))
+
+
+def test_compile_cache_flag_fills_the_directory(tmp_path):
+    from maskjax.train.compile_cache import enable_compile_cache
+
+    cache = tmp_path / "cache"
+    argv = [sys.executable, "-m", "maskjax.bench", "--config", str(REPO_ROOT / "configs/mae/default.py") + ":smoke",
+            "--steps", "1", "--warmup", "0", "--synthetic-data", "--compile-cache", str(cache)]
+    for item in ("model.variant=mu/4", "data.image_size=16", "model.decoder_width=32", "model.decoder_depth=1",
+                 "model.decoder_heads=2"):
+        argv += ["--override", item]
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "elsewhere"))
+    subprocess.run(argv, check=True, env=env, cwd=REPO_ROOT, capture_output=True, timeout=300)
+    assert any(cache.iterdir()) and not (tmp_path / "elsewhere").exists()
+    not_a_dir = tmp_path / "a_file.txt"
+    not_a_dir.write_text("x")
+    with pytest.raises(ValueError, match="compile cache"):
+        enable_compile_cache(str(not_a_dir))
