@@ -41,6 +41,7 @@ def test_trains_from_config(name, tmp_path, request):
     assert len(losses) == config.total_steps and np.all(np.isfinite(losses)) and losses[0] > 0
 
 
+@pytest.mark.slow  # three trainings; the image and text resume tests cover the same loop by default
 def test_video_resume_equals_straight_run(tmp_path):
     """3 + 3 steps with a restart give the losses of 6 straight steps (same data, masks, state)."""
     straight = train(_config("videomae_v2", total_steps=6), str(tmp_path / "a"))
