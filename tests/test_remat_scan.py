@@ -176,3 +176,33 @@ def test_compile_cache_flag_fills_the_directory(tmp_path):
     not_a_dir.write_text("x")
     with pytest.raises(ValueError, match="compile cache"):
         enable_compile_cache(str(not_a_dir))
+
+
+@pytest.mark.parametrize("din,dout", [(24, 40), (40, 24)])  # both branches of matmul_cpu's backward
+def test_cpu_dense_matches_plain_linear(din, dout):
+    # layers.Dense (2-D matmul with matmul_cpu's custom backward on CPU) against x @ W + b by autodiff.
+    from maskjax.models.layers import dense
+
+    layer = dense(din, dout, ("embed", "mlp"), rngs=nnx.Rngs(0))
+    kernel, bias = layer.kernel[...], layer.bias[...] + 0.1
+    layer.bias[...] = bias
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 7, din), dtype=np.float32))
+    w = jnp.asarray(np.random.default_rng(1).standard_normal((3, 7, dout), dtype=np.float32))
+    graphdef, params = nnx.split(layer, nnx.Param)
+    ours = jax.grad(lambda p, x: jnp.sum(nnx.merge(graphdef, p)(x) * w), argnums=(0, 1))(params, x)
+    ref = jax.grad(lambda k, b, x: jnp.sum((jnp.einsum("btd,de->bte", x, k) + b) * w), argnums=(0, 1, 2))(
+        kernel, bias, x)
+    np.testing.assert_allclose(ours[0]["kernel"][...], ref[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ours[0]["bias"][...], ref[1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ours[1], ref[2], rtol=1e-5, atol=1e-5)
+    assert "custom_vjp" in str(jax.make_jaxpr(lambda p, x: nnx.merge(graphdef, p)(x))(params, x))
+
+
+def test_gelu_erf_matches_exact_gelu():
+    from maskjax.models.layers import gelu_erf
+
+    x = jnp.linspace(-8.0, 8.0, 1001)
+    # The erf form loses relative accuracy where GELU is tiny (x < -5), as PyTorch's: absolute 1e-6.
+    np.testing.assert_allclose(gelu_erf(x), jax.nn.gelu(x, approximate=False), atol=1e-6)
+    np.testing.assert_allclose(jax.grad(lambda v: jnp.sum(gelu_erf(v)))(x),
+                               jax.grad(lambda v: jnp.sum(jax.nn.gelu(v, approximate=False)))(x), atol=2e-6)

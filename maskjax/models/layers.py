@@ -120,8 +120,9 @@ ATTENTION_IMPLS = ("xla", "cudnn", "blockwise", "bhtd")
 
 
 # On the CPU backend, attention_impl=None picks "blockwise" from this many keys on: measured faster
-# in the MAE ViT-S/16 train step (decoder, 197 tokens), not for 17- to 65-token sequences.
-CPU_BLOCKWISE_MIN_KEYS = 128
+# than XLA's attention for the 65- and 197-token MAE decoders of docs/performance.md (core and
+# whole block, forward + backward), equal or slower for the 17- and 50-token encoders.
+CPU_BLOCKWISE_MIN_KEYS = 64
 
 
 def default_attention_impl(num_keys: int) -> str | None:
@@ -134,7 +135,7 @@ def default_attention_impl(num_keys: int) -> str | None:
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, impl: str | None = None) -> jax.Array:
     """Scaled dot-product attention core on [B, T, H, Dh] inputs (no mask, no dropout).
 
-    ``impl`` None picks :func:`default_attention_impl` (on CPU "blockwise" for 128 keys or more,
+    ``impl`` None picks :func:`default_attention_impl` (on CPU "blockwise" for 64 keys or more,
     otherwise ``jax.nn.dot_product_attention``'s own choice: cuDNN on GPUs where it applies);
     "cudnn" forces the fused cuDNN kernel on GPUs; "xla" the plain einsum lowering; "blockwise" the
     memory-efficient online-softmax attention with a recomputing backward, "bhtd" plain attention

@@ -1,0 +1,167 @@
+"""CPU micro-benchmarks behind the "CPU vs PyTorch" rows of docs/performance.md.
+
+Each part times forward + backward of one piece, maskjax/JAX against PyTorch (and JAX variants
+against each other), interleaved, by **process CPU time** with ``torch.set_num_threads(1)``; run it
+pinned to one core (``taskset -c 1``) so both sides get the same single core:
+
+- ``attention``: the attention core at the shapes of the benchmark cases, XLA's
+  ``jax.nn.dot_product_attention``, ``bhtd`` and ``blockwise`` vs ``scaled_dot_product_attention``;
+- ``matmul``: the six matmuls of an MLP's forward and backward ([3152, 512] x [512, 2048]: ViT-S
+  decoder tokens), plain XLA and the layout of ``maskjax.models.linear.matmul_cpu``, vs torch;
+- ``block``: a whole pre-LN block (``layers.Block``) with and without the CPU layout tweaks
+  (``matmul_cpu`` + ``gelu_erf``), vs HF's ``ViTMAELayer``.
+
+Usage: ``JAX_PLATFORMS=cpu taskset -c 1 python benchmarks/cpu_micro.py attention|matmul|block [--reps 7]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# (batch, tokens, width, heads) of the attention/blocks in the hf_throughput cases.
+SHAPES = {"vit_s16 decoder": (16, 197, 512, 16), "vit_s16 encoder": (16, 50, 384, 6),
+          "cifar_tiny decoder": (128, 65, 96, 4), "cifar_tiny encoder": (128, 17, 96, 3)}
+
+
+def _time(fns: dict, reps: int) -> dict:
+    """Median CPU seconds per call of each zero-argument function, calls interleaved."""
+    import jax
+
+    for f in fns.values():
+        jax.block_until_ready(f())
+    times = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, f in fns.items():
+            t0 = time.process_time()
+            jax.block_until_ready(f())
+            times[k].append(time.process_time() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _print(label: str, res: dict) -> None:
+    ref = res["torch"]
+    print(f"| {label} | " + " | ".join(f"{k} {1e3 * v:.0f} ms ({v / ref:.2f}x)" for k, v in res.items()) + " |",
+          flush=True)
+
+
+def attention(reps: int) -> None:
+    """Attention core fwd+bwd per impl vs torch SDPA."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+
+    from maskjax.models.attention import bhtd_attention, blockwise_attention
+
+    impls = {"xla": lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla"),
+             "bhtd": bhtd_attention, "blockwise": blockwise_attention}
+    for label, (b, t, d, h) in SHAPES.items():
+        rng = np.random.default_rng(0)
+        q, k, v, w = (rng.standard_normal((b, t, h, d // h), dtype=np.float32) for _ in range(4))
+        fns = {}
+        for name, f in impls.items():
+            g = jax.jit(jax.grad(lambda q, k, v, w, f=f: jnp.sum(f(q, k, v) * w), argnums=(0, 1, 2)))
+            fns[name] = lambda g=g: g(q, k, v, w)
+        tq, tk, tv = (torch.tensor(x.transpose(0, 2, 1, 3).copy(), requires_grad=True) for x in (q, k, v))
+        tw = torch.tensor(w.transpose(0, 2, 1, 3).copy())
+
+        def torch_step():
+            (torch.nn.functional.scaled_dot_product_attention(tq, tk, tv) * tw).sum().backward()
+            tq.grad = tk.grad = tv.grad = None
+
+        fns["torch"] = torch_step
+        _print(f"attention {label} {(b, t, h, d // h)}", _time(fns, reps))
+
+
+def matmul(reps: int) -> None:
+    """The six MLP matmuls: plain XLA, the matmul_cpu layout for the two kernel gradients, torch."""
+    import jax
+    import numpy as np
+    import torch
+
+    barrier = jax.lax.optimization_barrier
+    n, d, f = 3152, 512, 2048
+    rng = np.random.default_rng(0)
+    x, g2 = (rng.standard_normal((n, d), dtype=np.float32) for _ in range(2))
+    h = rng.standard_normal((n, f), dtype=np.float32)
+    w1, w2 = rng.standard_normal((d, f), dtype=np.float32), rng.standard_normal((f, d), dtype=np.float32)
+    cases = {
+        "x @ w1": (lambda x, h, w1, w2, g2: x @ w1, None),
+        "h @ w2": (lambda x, h, w1, w2, g2: h @ w2, None),
+        "g2 @ w2^T (dh)": (lambda x, h, w1, w2, g2: g2 @ w2.T, None),
+        "h @ w1^T (dx)": (lambda x, h, w1, w2, g2: h @ w1.T, None),
+        "x^T @ h (dw1)": (lambda x, h, w1, w2, g2: x.T @ h, lambda x, h, w1, w2, g2: barrier(x.T) @ h),
+        "h^T @ g2 (dw2)": (lambda x, h, w1, w2, g2: h.T @ g2,
+                           lambda x, h, w1, w2, g2: barrier(barrier(g2.T) @ h).T),
+    }
+    args = (x, h, w1, w2, g2)
+    targs = tuple(torch.tensor(a) for a in args)
+    for label, (plain, layout) in cases.items():
+        fns = {"xla": (lambda f=jax.jit(plain): f(*args))}
+        if layout is not None:
+            fns["matmul_cpu layout"] = lambda f=jax.jit(layout): f(*args)
+        fns["torch"] = lambda: plain(*targs)
+        _print(f"matmul {label}", _time(fns, reps))
+
+
+def block(reps: int) -> None:
+    """A pre-LN block fwd+bwd: plain layers vs the CPU layout tweaks vs HF ViTMAELayer."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+    from flax import nnx
+    from transformers import ViTMAEConfig
+    from transformers.models.vit_mae.modeling_vit_mae import ViTMAELayer
+
+    from maskjax.models import layers
+
+    tweaked_call, tweaked_gelu = layers.Dense.__call__, layers.gelu_erf
+    for label, (b, t, d, h) in SHAPES.items():
+        x = np.random.default_rng(0).standard_normal((b, t, d), dtype=np.float32)
+        fns = {}
+        for variant in ("plain", "tweaks", "tweaks+blockwise"):
+            plain = variant == "plain"
+            layers.Dense.__call__ = nnx.Linear.__call__ if plain else tweaked_call
+            layers.gelu_erf = (lambda v: jax.nn.gelu(v, approximate=False)) if plain else tweaked_gelu
+            impl = "blockwise" if variant.endswith("blockwise") else "xla"
+            graphdef, params = nnx.split(layers.Block(d, h, rngs=nnx.Rngs(0), attention_impl=impl), nnx.Param)
+            g = jax.jit(jax.grad(lambda p, x: jnp.sum(nnx.merge(graphdef, p)(x) ** 2), argnums=(0, 1)))
+            fns[variant] = lambda g=g, p=params: g(p, x)
+            jax.block_until_ready(fns[variant]())  # trace now, while this variant's layers are set
+        layers.Dense.__call__, layers.gelu_erf = tweaked_call, tweaked_gelu
+        cfg = ViTMAEConfig(hidden_size=d, num_attention_heads=h, intermediate_size=4 * d, layer_norm_eps=1e-6,
+                           attn_implementation="sdpa")
+        layer = ViTMAELayer(cfg).train()
+        tx = torch.tensor(x, requires_grad=True)
+
+        def torch_step():
+            out = layer(tx)
+            out = out[0] if isinstance(out, tuple) else out
+            (out ** 2).sum().backward()
+            tx.grad = None
+            layer.zero_grad(set_to_none=True)
+
+        fns["torch"] = torch_step
+        _print(f"block {label} {(b, t, d, h)}", _time(fns, reps))
+
+
+def main() -> None:
+    """Runs one part (see the module docstring)."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("part", choices=("attention", "matmul", "block"))
+    p.add_argument("--reps", type=int, default=7)
+    args = p.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    {"attention": attention, "matmul": matmul, "block": block}[args.part](args.reps)
+
+
+if __name__ == "__main__":
+    main()
