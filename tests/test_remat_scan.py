@@ -206,3 +206,47 @@ def test_gelu_erf_matches_exact_gelu():
     np.testing.assert_allclose(gelu_erf(x), jax.nn.gelu(x, approximate=False), atol=1e-6)
     np.testing.assert_allclose(jax.grad(lambda v: jnp.sum(gelu_erf(v)))(x),
                                jax.grad(lambda v: jnp.sum(jax.nn.gelu(v, approximate=False)))(x), atol=2e-6)
+
+
+def _media_model(kind: str, remat):
+    """A tiny VideoMAE / MAE-ST / AudioMAE (swin decoder) and an input of its modality."""
+    from maskjax.models.audio_mae import AudioMAE
+    from maskjax.models.mae_st import MaeST
+    from maskjax.models.video_mae import VideoMAE
+
+    common = dict(decoder_width=16, decoder_depth=2, decoder_heads=2, remat=remat, rngs=nnx.Rngs(0))
+    video = jax.random.normal(jax.random.key(5), (2, 4, 16, 16, 3))
+    if kind == "videomae":
+        return VideoMAE("mu/8", num_frames=4, image_size=16, tubelet=2, **common), video, 8
+    if kind == "mae_st":
+        return MaeST("mu/8", num_frames=4, image_size=16, t_patch=2, pred_t_dim=2, **common), video, 8
+    common["decoder_heads"] = 4
+    spec = jax.random.normal(jax.random.key(5), (2, 128, 32, 1))
+    return AudioMAE("mu/8", target_length=128, num_mel_bins=32, swin_depth=2, **common), spec, 64
+
+
+@pytest.mark.parametrize("kind", ["videomae", "mae_st", "audiomae"])
+def test_media_models_take_every_remat_policy(kind):
+    # The video/audio models share run_blocks with ViT/MAE: every policy, same loss and gradients.
+    from maskjax.masking import mask_from_noise, uniform_noise
+
+    results = {}
+    for policy in ("none", "dots", "attention"):
+        model, x, length = _media_model(kind, policy)
+        mask = mask_from_noise(uniform_noise(jax.random.key(1), 2, length), 0.5)
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+        def loss_fn(p):
+            pred, _ = nnx.merge(graphdef, p, rest)(x, mask)
+            return jnp.mean(pred ** 2)
+
+        loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params)
+        results[policy] = (loss, to_tree(grads), str(jax.make_jaxpr(jax.grad(loss_fn))(params)))
+    loss0, grads0, jaxpr0 = results.pop("none")
+    assert "checkpoint" not in jaxpr0 and "remat" not in jaxpr0
+    for loss, grads, jaxpr in results.values():
+        np.testing.assert_allclose(loss, loss0, rtol=1e-6)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads, grads0)
+        assert "checkpoint" in jaxpr or "remat" in jaxpr
+    with pytest.raises(ValueError, match="unknown remat policy"):
+        _media_model(kind, "sometimes")

@@ -27,6 +27,7 @@ from flax import nnx
 from maskjax.masking import Mask, gather_tokens
 from maskjax.models.layers import Block, Buffer, PatchEmbed, dense, layer_norm, sincos_2d
 from maskjax.models.swin_decoder import swin_decoder_blocks
+from maskjax.models.remat import block_keys, resolve_remat, run_blocks
 from maskjax.models.vit import parse_variant
 
 POS_EMBEDS = ("official", "aligned")
@@ -68,7 +69,7 @@ class AudioEncoder(nnx.Module):
         self.grid = (target_length // patch, num_mel_bins // patch)
         self.width = size.width
         self.depth = size.depth
-        self.remat = remat
+        self.remat = resolve_remat(remat)
         self.patch_embed = PatchEmbed(patch, 1, size.width, rngs=rngs, dtype=dtype)
         self.cls_token = nnx.Param(0.02 * jax.random.normal(rngs.params(), (1, 1, size.width)),
                                    logical_axes=(None, None, "embed"))
@@ -101,9 +102,7 @@ class AudioEncoder(nnx.Module):
             x = gather_tokens(x, mask.ids_keep)
         cls = jnp.broadcast_to((self.cls_token[...] + pos[:, :1]).astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
         x = jnp.concatenate([cls, x], axis=1)
-        keys = [None] * len(self.blocks) if drop_key is None else list(jax.random.split(drop_key, len(self.blocks)))
-        for block, k in zip(self.blocks, keys):
-            x = nnx.remat(lambda blk, y, kk: blk(y, kk))(block, x, k) if self.remat else block(x, k)
+        x = run_blocks(self.blocks, x, self.remat, block_keys(drop_key, len(self.blocks)))
         pooled = x[:, 1:].mean(axis=1)
         x = self.norm(x)
         return x, {"cls": x[:, 0], "tokens": x[:, 1:], "pooled": pooled}
@@ -133,7 +132,7 @@ class AudioMAE(nnx.Module):
                                     attention_impl=attention_impl)
         grid, patch = self.encoder.grid, self.encoder.patch_size
         self.decoder_mode = decoder_mode
-        self.remat = remat
+        self.remat = resolve_remat(remat)
         self.decoder_embed = dense(self.encoder.width, decoder_width, ("embed", "embed"), rngs=rngs, dtype=dtype)
         self.mask_token = nnx.Param(0.02 * jax.random.normal(rngs.params(), (1, 1, decoder_width)),
                                     logical_axes=(None, None, "embed"))
@@ -174,13 +173,12 @@ class AudioMAE(nnx.Module):
         x = x + self.decoder_pos_embed[...].astype(x.dtype)
         if self.decoder_mode == "swin":
             x = x[:, 1:]  # the official code removes cls before the local-attention blocks
-            for i, block in enumerate(self.decoder_blocks):
-                # Independent dropout per block, still one stream per example.
-                k = None if keys is None else jax.vmap(lambda kk, i=i: jax.random.fold_in(kk, i))(keys)
-                x = nnx.remat(lambda blk, y, kk: blk(y, kk))(block, x, k) if self.remat else block(x, k)
+            # Independent dropout per block, still one stream per example.
+            per_block = None if keys is None else [
+                jax.vmap(lambda kk, i=i: jax.random.fold_in(kk, i))(keys) for i in range(len(self.decoder_blocks))]
+            x = run_blocks(self.decoder_blocks, x, self.remat, per_block)
         else:
-            for block in self.decoder_blocks:
-                x = nnx.remat(lambda blk, y: blk(y))(block, x) if self.remat else block(x)
+            x = run_blocks(self.decoder_blocks, x, self.remat)
         x = self.decoder_pred(self.decoder_norm(x))
         return x if self.decoder_mode == "swin" else x[:, 1:]
 

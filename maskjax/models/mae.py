@@ -10,7 +10,7 @@ from flax import nnx
 
 from maskjax.masking import Mask
 from maskjax.models.layers import Block, Buffer, dense, layer_norm, sincos_2d
-from maskjax.models.remat import remat_block, resolve_remat
+from maskjax.models.remat import resolve_remat, run_blocks
 from maskjax.models.scan import scan_blocks, stacked_blocks
 from maskjax.models.vit import ViT
 
@@ -68,9 +68,7 @@ class MaskedAutoencoder(nnx.Module):
         if self.scan_layers:
             x = scan_blocks(self.decoder_blocks, x, self.remat)
         else:
-            call = remat_block(self.remat, lambda blk, y: blk(y))
-            for block in self.decoder_blocks:
-                x = call(block, x)
+            x = run_blocks(self.decoder_blocks, x, self.remat)
         x = self.decoder_pred(self.decoder_norm(x))
         return x[:, 1:]
 

@@ -36,6 +36,7 @@ from flax import nnx
 from maskjax.masking import Mask, gather_tokens
 from maskjax.models.layers import Block, dense, layer_norm
 from maskjax.models.video_layers import TubeletEmbed, patchify_video
+from maskjax.models.remat import block_keys, resolve_remat, run_blocks
 from maskjax.models.vit import parse_variant
 from maskjax.objectives.pixels import norm_pix_target
 
@@ -118,7 +119,7 @@ class VideoEncoder(nnx.Module):
         self.width = size.width
         self.depth = size.depth
         self.cls_embed = cls_embed
-        self.remat = remat
+        self.remat = resolve_remat(remat)
         self.patch_embed = TubeletEmbed(t_patch, patch, 3, size.width, rngs=rngs, dtype=dtype, init="xavier")
         if trunc_init:
             kernel = self.patch_embed.proj.kernel
@@ -159,9 +160,7 @@ class VideoEncoder(nnx.Module):
         if self.cls_embed:
             cls = (self.cls_token[...] + self.pos_embed.cls_table()).astype(x.dtype)
             x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, x.shape[-1])), x], axis=1)
-        keys = [None] * len(self.blocks) if drop_key is None else list(jax.random.split(drop_key, len(self.blocks)))
-        for block, k in zip(self.blocks, keys):
-            x = nnx.remat(lambda blk, y, kk: blk(y, kk))(block, x, k) if self.remat else block(x, k)
+        x = run_blocks(self.blocks, x, self.remat, block_keys(drop_key, len(self.blocks)))
         start = int(self.cls_embed)
         pooled = x[:, start:].mean(axis=1)
         x = self.norm(x)
@@ -185,7 +184,7 @@ class MaeST(nnx.Module):
                                     remat=remat, attention_impl=attention_impl, trunc_init=trunc_init)
         self.pred_t_dim = pred_t_dim
         self.cls_embed = cls_embed
-        self.remat = remat
+        self.remat = resolve_remat(remat)
         patch = self.encoder.patch_size
         self.decoder_embed = dense(self.encoder.width, decoder_width, ("embed", "embed"), rngs=rngs, dtype=dtype)
         if cls_embed:
@@ -234,8 +233,7 @@ class MaeST(nnx.Module):
             x = jnp.concatenate([cls, x], axis=1)
             pos = jnp.concatenate([self.decoder_pos_embed.cls_table(), pos], axis=1)
         x = x + pos.astype(x.dtype)
-        for block in self.decoder_blocks:
-            x = nnx.remat(lambda blk, y: blk(y))(block, x) if self.remat else block(x)
+        x = run_blocks(self.decoder_blocks, x, self.remat)
         x = self.decoder_pred(self.decoder_norm(x))
         return x[:, int(self.cls_embed):]
 

@@ -26,6 +26,7 @@ from maskjax.masking import Mask, gather_tokens
 from maskjax.masking.video import hidden_ids
 from maskjax.models.layers import Block, Buffer, _init_with_axes, dense, layer_norm
 from maskjax.models.video_layers import TubeletEmbed, sinusoid_table
+from maskjax.models.remat import block_keys, resolve_remat, run_blocks
 from maskjax.models.vit import parse_variant
 
 # Decoder (width, heads) of each size (spec section 5 table; V2 uses 512 for H and g).
@@ -37,16 +38,6 @@ def _torch_linear_init(fan_in: int):
     # PyTorch's nn.Linear default: kaiming_uniform(a=sqrt(5)) == U(+-1/sqrt(fan_in)).
     bound = 1.0 / math.sqrt(fan_in)
     return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
-
-
-def _run_blocks(blocks, x: jax.Array, remat: bool, key: jax.Array | None = None) -> jax.Array:
-    keys = [None] * len(blocks) if key is None else list(jax.random.split(key, len(blocks)))
-    for block, k in zip(blocks, keys):
-        if remat:
-            x = nnx.remat(lambda blk, y, kk: blk(y, kk))(block, x, k)
-        else:
-            x = block(x, k)
-    return x
 
 
 class VideoEncoder(nnx.Module):
@@ -70,7 +61,7 @@ class VideoEncoder(nnx.Module):
         self.grid = (num_frames // tubelet, image_size // patch, image_size // patch)
         self.width = size.width
         self.depth = size.depth
-        self.remat = remat
+        self.remat = resolve_remat(remat)
         self.patch_embed = TubeletEmbed(tubelet, patch, in_chans, size.width, rngs=rngs, dtype=dtype,
                                         init="torch_default")
         self.pos_embed = Buffer(sinusoid_table(self.num_patches, size.width)[None])
@@ -98,7 +89,7 @@ class VideoEncoder(nnx.Module):
         x = x + self.pos_embed[...].astype(x.dtype)
         if mask is not None:
             x = gather_tokens(x, mask.ids_keep)
-        x = _run_blocks(self.blocks, x, self.remat, drop_key)
+        x = run_blocks(self.blocks, x, self.remat, block_keys(drop_key, len(self.blocks)))
         x = self.norm(x)
         return x, {"tokens": x, "pooled": x.mean(axis=1)}
 
@@ -125,7 +116,7 @@ class VideoMAE(nnx.Module):
         # The official PretrainVisionTransformer passes one mlp_ratio to encoder and decoder.
         mlp_ratio = size.mlp_ratio if decoder_mlp_ratio is None else decoder_mlp_ratio
         self.in_chans = in_chans
-        self.remat = remat
+        self.remat = resolve_remat(remat)
         width = size.width
         self.encoder_to_decoder = nnx.Linear(
             width, decoder_width, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
@@ -173,7 +164,7 @@ class VideoMAE(nnx.Module):
         masked = jnp.broadcast_to(self.mask_token[...].astype(x.dtype), (b, decode_ids.shape[1], d))
         masked = masked + jnp.take(pos, decode_ids, axis=0)
         x = jnp.concatenate([vis, masked], axis=1)
-        x = _run_blocks(self.decoder_blocks, x, self.remat)
+        x = run_blocks(self.decoder_blocks, x, self.remat)
         n = decode_ids.shape[1]
         return self.decoder_pred(self.decoder_norm(x[:, -n:]))
 

@@ -12,7 +12,7 @@ from flax import nnx
 
 from maskjax.masking import Mask, gather_tokens
 from maskjax.models.layers import Block, Buffer, PatchEmbed, layer_norm, sincos_2d
-from maskjax.models.remat import remat_block, resolve_remat
+from maskjax.models.remat import block_keys, resolve_remat, run_blocks
 from maskjax.models.scan import scan_blocks, stacked_blocks
 
 
@@ -104,10 +104,7 @@ class ViT(nnx.Module):
         """Applies the transformer blocks (with the remat policy and an optional drop-path key)."""
         if self.scan_layers:
             return scan_blocks(self.blocks, x, self.remat, None if key is None else jax.random.split(key, self.depth))
-        keys = [None] * self.depth if key is None else list(jax.random.split(key, self.depth))
-        call = remat_block(self.remat, lambda blk, y, kk: blk(y, kk))
-        for block, k in zip(self.blocks, keys):
-            x = call(block, x, k)
+        x = run_blocks(self.blocks, x, self.remat, block_keys(key, self.depth))
         return x
 
     def __call__(self, images: jax.Array, mask: Mask | None = None, *,
