@@ -294,3 +294,16 @@ def test_gather_tokens_matches_loop(batch, length, dim, seed):
         for j in range(k):
             ref[b, j] = x[b, ids[b, j]]
     np.testing.assert_array_equal(out, ref)
+
+
+def test_unshuffle_with_mask_tokens_hand_case():
+    # One example, L = 4, kept ids [2, 0] (ids_restore puts them back); cls 9 stays in front.
+    from maskjax.masking import unshuffle_with_mask_tokens
+
+    mask = mask_from_noise(jnp.asarray([[0.2, 0.9, 0.1, 0.8]]), 0.5)
+    assert mask.ids_keep.tolist() == [[2, 0]]
+    x = jnp.asarray([[[9.0], [20.0], [0.0]]])  # cls, token 2, token 0
+    out = unshuffle_with_mask_tokens(x, jnp.full((1, 1, 1), -1.0), mask.ids_restore)
+    assert out[..., 0].tolist() == [[9.0, 0.0, -1.0, 20.0, -1.0]]
+    no_cls = unshuffle_with_mask_tokens(x[:, 1:], jnp.full((1, 1, 1), -1.0), mask.ids_restore, 0)
+    assert no_cls[..., 0].tolist() == [[0.0, -1.0, 20.0, -1.0]]

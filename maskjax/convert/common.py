@@ -10,7 +10,8 @@ name the source key it is about.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterable, Mapping, Sequence
+import json
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -36,6 +37,25 @@ class ShapeMismatchError(ConversionError):
 
 class ArchitectureMismatchError(ConversionError):
     """The checkpoint is a different architecture (size, patch, kind) than the one requested."""
+
+
+class JsonSpec:
+    """JSON (de)serialisation of a converted-model spec dataclass; ``SPEC_NAME`` names it in errors."""
+
+    SPEC_NAME = "model-spec"
+
+    def to_json(self) -> str:
+        """JSON text of the spec."""
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]):
+        """Spec from a dict (unknown fields are an error, so typos do not pass silently)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown {cls.SPEC_NAME} field(s) {unknown}; known: {sorted(names)}")
+        return cls(**d)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +113,23 @@ def qkv_bias_rule(path: Path, keys: tuple[str, str, str]) -> Rule:
 
 
 # --- nested <-> flat trees ---------------------------------------------------------------------
+
+def hf_layer_body_rules(src: str, dst: Path) -> list[Rule]:
+    """Attention output, MLP and LayerNorm rules of one HF ViT-style layer (``src``) <-> a ``Block``.
+
+    HF's ViT, ViT-MAE and VideoMAE layers share these names; they differ only in the q/k/v biases.
+    """
+    rules = []
+    for name, layer in (("attention.output.dense", "attn.proj"), ("intermediate.dense", "mlp.fc1"),
+                        ("output.dense", "mlp.fc2")):
+        path = dst + tuple(layer.split("."))
+        rules += [linear_rule(path + ("kernel",), f"{src}.{name}.weight"),
+                  copy_rule(path + ("bias",), f"{src}.{name}.bias")]
+    for name, norm in (("layernorm_before", "norm1"), ("layernorm_after", "norm2")):
+        rules += [copy_rule(dst + (norm, "scale"), f"{src}.{name}.weight"),
+                  copy_rule(dst + (norm, "bias"), f"{src}.{name}.bias")]
+    return rules
+
 
 def flatten(tree: Mapping) -> dict[Path, np.ndarray]:
     """Nested dict -> {path tuple (string keys): leaf}."""

@@ -34,7 +34,8 @@ from typing import Any, Mapping
 import numpy as np
 from flax import nnx
 
-from maskjax.convert.common import (ArchitectureMismatchError, ConversionError, Rule, apply_rules, block_count,
+from maskjax.convert.common import (ArchitectureMismatchError, ConversionError, JsonSpec, Rule, apply_rules,
+                                    block_count, hf_layer_body_rules,
                                     copy_rule, flatten, fmt_path, invert_rules, linear_rule, qkv_weight_rule,
                                     unflatten)
 from maskjax.convert.mae_official import size_name
@@ -54,8 +55,10 @@ _BUFFERS = (("encoder", "pos_embed"), ("decoder_pos_embed",))
 
 
 @dataclasses.dataclass
-class VideoModelSpec:
+class VideoModelSpec(JsonSpec):
     """Everything needed to rebuild a converted :class:`VideoMAE` (stored as ``maskjax_video_model.json``)."""
+
+    SPEC_NAME = "video model-spec"
 
     variant: str
     num_frames: int
@@ -89,18 +92,6 @@ class VideoModelSpec:
         _, patch = parse_variant(self.variant)
         return (self.num_frames // self.tubelet) * (self.image_size // patch) ** 2
 
-    def to_json(self) -> str:
-        """JSON text of the spec."""
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "VideoModelSpec":
-        """Spec from a dict (unknown fields are an error)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown video model-spec field(s) {unknown}; known: {sorted(names)}")
-        return cls(**d)
 
 
 @functools.lru_cache(maxsize=8)
@@ -147,15 +138,7 @@ def _layer_rules(src: str, dst: tuple[str, ...]) -> list[Rule]:
                              (f"{att}.query.weight", f"{att}.key.weight", f"{att}.value.weight")),
              copy_rule(dst + ("attn", "q_bias"), f"{att}.q_bias"),
              copy_rule(dst + ("attn", "v_bias"), f"{att}.v_bias")]
-    for name, layer in (("attention.output.dense", "attn.proj"), ("intermediate.dense", "mlp.fc1"),
-                        ("output.dense", "mlp.fc2")):
-        path = dst + tuple(layer.split("."))
-        rules += [linear_rule(path + ("kernel",), f"{src}.{name}.weight"),
-                  copy_rule(path + ("bias",), f"{src}.{name}.bias")]
-    for name, norm in (("layernorm_before", "norm1"), ("layernorm_after", "norm2")):
-        rules += [copy_rule(dst + (norm, "scale"), f"{src}.{name}.weight"),
-                  copy_rule(dst + (norm, "bias"), f"{src}.{name}.bias")]
-    return rules
+    return rules + hf_layer_body_rules(src, dst)
 
 
 def videomae_rules(spec: VideoModelSpec) -> list[Rule]:

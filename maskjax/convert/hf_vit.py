@@ -28,7 +28,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from maskjax.convert.common import (ArchitectureMismatchError, ConversionError, Rule, apply_rules, block_count,
-                                    conv_patch_rule, copy_rule, invert_rules, linear_rule, qkv_bias_rule,
+                                    conv_patch_rule, copy_rule, hf_layer_body_rules, invert_rules, linear_rule, qkv_bias_rule,
                                     qkv_weight_rule)
 from maskjax.convert.mae_official import size_name
 from maskjax.convert.store import ModelSpec, join_variables, layout, save_converted, split_variables
@@ -162,15 +162,7 @@ def _layer_rules(src: str, dst: tuple[str, ...]) -> list[Rule]:
                                                                f"{att}.value.weight")),
              qkv_bias_rule(dst + ("attn", "qkv", "bias"), (f"{att}.query.bias", f"{att}.key.bias",
                                                            f"{att}.value.bias"))]
-    for name, layer in (("attention.output.dense", "attn.proj"), ("intermediate.dense", "mlp.fc1"),
-                        ("output.dense", "mlp.fc2")):
-        path = dst + tuple(layer.split("."))
-        rules += [linear_rule(path + ("kernel",), f"{src}.{name}.weight"),
-                  copy_rule(path + ("bias",), f"{src}.{name}.bias")]
-    for name, norm in (("layernorm_before", "norm1"), ("layernorm_after", "norm2")):
-        rules += [copy_rule(dst + (norm, "scale"), f"{src}.{name}.weight"),
-                  copy_rule(dst + (norm, "bias"), f"{src}.{name}.bias")]
-    return rules
+    return rules + hf_layer_body_rules(src, dst)
 
 
 def hf_rules(spec: ModelSpec) -> list[Rule]:

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from maskjax.convert.common import ConversionError, Path, flatten, fmt_path, unflatten
+from maskjax.convert.common import ConversionError, JsonSpec, Path, flatten, fmt_path, unflatten
 
 SPEC_FILE = "maskjax_model.json"
 VARIABLES_DIR = "variables"
@@ -32,7 +32,7 @@ KINDS = ("mae", "encoder", "classifier")
 
 
 @dataclasses.dataclass
-class ModelSpec:
+class ModelSpec(JsonSpec):
     """Everything needed to rebuild a converted maskjax model (stored as ``maskjax_model.json``).
 
     ``kind``: ``"mae"`` (:class:`~maskjax.models.mae.MaskedAutoencoder`), ``"encoder"``
@@ -79,18 +79,6 @@ class ModelSpec:
                              pool=self.pool, learned_pos_embed=bool(self.learned_pos_embed),
                              in_chans=self.in_chans, rngs=rngs, **kwargs)
 
-    def to_json(self) -> str:
-        """JSON text of the spec."""
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ModelSpec":
-        """Spec from a dict (unknown fields are an error, so typos do not pass silently)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown model-spec field(s) {unknown}; known: {sorted(names)}")
-        return cls(**d)
 
 
 @functools.lru_cache(maxsize=8)

@@ -1,6 +1,7 @@
 """Pure mask generators (static shapes) and mask-rate schedules."""
 
-from maskjax.masking.random import Mask, gather_tokens, mask_from_noise, num_kept, random_mask, uniform_noise
+from maskjax.masking.random import (
+    Mask, gather_tokens, mask_from_noise, num_kept, random_mask, uniform_noise, unshuffle_with_mask_tokens)
 from maskjax.masking.schedules import mask_rate_schedule
 from maskjax.masking.spans import (
     NgramSpans, SpanTargets, ngram_mask, span_length_distribution, span_mask)
@@ -8,6 +9,7 @@ from maskjax.masking.text import TokenMask, bert_mask, electra_mask, electra_max
 
 __all__ = [
     "Mask", "gather_tokens", "mask_from_noise", "num_kept", "random_mask", "uniform_noise",
+    "unshuffle_with_mask_tokens",
     "mask_rate_schedule",
     "NgramSpans", "SpanTargets", "ngram_mask", "span_length_distribution", "span_mask",
     "TokenMask", "bert_mask", "electra_mask", "electra_max_predictions",

@@ -84,3 +84,19 @@ def random_mask(key: jax.Array, batch: int, length: int, ratio: float) -> Mask:
 def gather_tokens(x: jax.Array, ids: jax.Array) -> jax.Array:
     """Gathers tokens ``x[b, ids[b, k], :]`` for x [B, L, D] and ids [B, K] -> [B, K, D]."""
     return jnp.take_along_axis(x, ids[..., None], axis=1)
+
+
+def unshuffle_with_mask_tokens(x: jax.Array, mask_token: jax.Array, ids_restore: jax.Array,
+                               num_prefix: int = 1) -> jax.Array:
+    """MAE's decoder input: the kept tokens plus mask tokens, back in the original token order.
+
+    ``x`` [B, num_prefix + K, D] holds ``num_prefix`` leading tokens (cls) and the K kept tokens in
+    ``ids_keep`` order; ``mask_token`` [1, 1, D] fills the L - K hidden places; ``ids_restore``
+    [B, L] unshuffles. The prefix stays in front: [B, num_prefix + L, D].
+    """
+    b, n, d = x.shape
+    length = ids_restore.shape[1]
+    mask_tokens = jnp.broadcast_to(mask_token.astype(x.dtype), (b, length + num_prefix - n, d))
+    body = jnp.concatenate([x[:, num_prefix:], mask_tokens], axis=1)
+    body = gather_tokens(body, ids_restore)  # unshuffle
+    return jnp.concatenate([x[:, :num_prefix], body], axis=1) if num_prefix else body

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from maskjax.masking import Mask, gather_tokens
+from maskjax.masking import Mask, gather_tokens, unshuffle_with_mask_tokens
 from maskjax.models.layers import Block, Buffer, PatchEmbed, dense, layer_norm, sincos_2d
 from maskjax.models.swin_decoder import swin_decoder_blocks
 from maskjax.models.remat import block_keys, resolve_remat, run_blocks
@@ -163,13 +163,7 @@ class AudioMAE(nnx.Module):
 
     def decode(self, latent: jax.Array, mask: Mask, keys: jax.Array | None = None) -> jax.Array:
         """Embed, append mask tokens, unshuffle, add positions, (drop cls for swin), blocks, predict."""
-        x = self.decoder_embed(latent)
-        b, n, d = x.shape
-        length = mask.ids_restore.shape[1]
-        mask_tokens = jnp.broadcast_to(self.mask_token[...].astype(x.dtype), (b, length + 1 - n, d))
-        body = jnp.concatenate([x[:, 1:], mask_tokens], axis=1)
-        body = jnp.take_along_axis(body, mask.ids_restore[..., None], axis=1)  # unshuffle
-        x = jnp.concatenate([x[:, :1], body], axis=1)
+        x = unshuffle_with_mask_tokens(self.decoder_embed(latent), self.mask_token[...], mask.ids_restore)
         x = x + self.decoder_pos_embed[...].astype(x.dtype)
         if self.decoder_mode == "swin":
             x = x[:, 1:]  # the official code removes cls before the local-attention blocks

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
-from maskjax.masking import Mask
+from maskjax.masking import Mask, unshuffle_with_mask_tokens
 from maskjax.models.layers import Block, Buffer, dense, layer_norm, sincos_2d
 from maskjax.models.remat import resolve_remat, run_blocks
 from maskjax.models.scan import scan_blocks, stacked_blocks
@@ -57,13 +56,7 @@ class MaskedAutoencoder(nnx.Module):
 
     def decode(self, latent: jax.Array, mask: Mask) -> jax.Array:
         """Decoder: embed, append mask tokens, unshuffle, add positions, blocks, predict pixels."""
-        x = self.decoder_embed(latent)
-        b, n, d = x.shape
-        length = mask.ids_restore.shape[1]
-        mask_tokens = jnp.broadcast_to(self.mask_token[...].astype(x.dtype), (b, length + 1 - n, d))
-        body = jnp.concatenate([x[:, 1:], mask_tokens], axis=1)
-        body = jnp.take_along_axis(body, mask.ids_restore[..., None], axis=1)  # unshuffle
-        x = jnp.concatenate([x[:, :1], body], axis=1)
+        x = unshuffle_with_mask_tokens(self.decoder_embed(latent), self.mask_token[...], mask.ids_restore)
         x = x + self.decoder_pos_embed[...].astype(x.dtype)
         if self.scan_layers:
             x = scan_blocks(self.decoder_blocks, x, self.remat)

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from maskjax.masking import Mask, gather_tokens
+from maskjax.masking import Mask, gather_tokens, unshuffle_with_mask_tokens
 from maskjax.models.layers import Block, dense, layer_norm
 from maskjax.models.video_layers import TubeletEmbed, patchify_video
 from maskjax.models.remat import block_keys, resolve_remat, run_blocks
@@ -221,12 +221,8 @@ class MaeST(nnx.Module):
 
     def decode(self, latent: jax.Array, mask: Mask) -> jax.Array:
         """Embed (no cls), append mask tokens, unshuffle, prepend decoder cls, add positions, predict."""
-        x = self.decoder_embed(latent)
-        b, n, d = x.shape
-        length = mask.ids_restore.shape[1]
-        mask_tokens = jnp.broadcast_to(self.mask_token[...].astype(x.dtype), (b, length - n, d))
-        x = jnp.concatenate([x, mask_tokens], axis=1)
-        x = jnp.take_along_axis(x, mask.ids_restore[..., None], axis=1)  # unshuffle
+        x = unshuffle_with_mask_tokens(self.decoder_embed(latent), self.mask_token[...], mask.ids_restore, 0)
+        b, _, d = x.shape
         pos = self.decoder_pos_embed.patch_table()
         if self.cls_embed:
             cls = jnp.broadcast_to(self.decoder_cls_token[...].astype(x.dtype), (b, 1, d))
