@@ -55,11 +55,22 @@ def balanced_block(length: int, max_block: int) -> int:
     return -(-length // n)
 
 
+def chunk_size(groups: int, target: int) -> int:
+    """Rows of the batch x heads axis per chunk: a divisor of ``groups`` within a factor 2 of ``target``
+    when there is one (no padding: padding costs a copy of q, k, v and of the results), else
+    :func:`balanced_block`."""
+    divisors = [c for c in range(max(1, target // 2), min(groups, 2 * target) + 1) if groups % c == 0]
+    if divisors:
+        return min(divisors, key=lambda c: max(c / target, target / c))
+    return balanced_block(groups, target)
+
+
 def _blocks(x: jax.Array, block: int) -> jax.Array:
     """[G, T, ...] -> [n, G, block, ...], zero-padding T up to a multiple of ``block``."""
     g, t = x.shape[:2]
     n = -(-t // block)
-    x = jnp.pad(x, ((0, 0), (0, n * block - t)) + ((0, 0),) * (x.ndim - 2))
+    if n * block != t:
+        x = jnp.pad(x, ((0, 0), (0, n * block - t)) + ((0, 0),) * (x.ndim - 2))
     return jnp.moveaxis(x.reshape((g, n, block) + x.shape[2:]), 1, 0)
 
 
@@ -151,7 +162,7 @@ def _map_chunks(fn, chunk: int, *arrays):
     if chunk >= g:
         return fn(*arrays)
     n = -(-g // chunk)
-    pad = lambda x: jnp.pad(x, ((0, n * chunk - g),) + ((0, 0),) * (x.ndim - 1))
+    pad = lambda x: x if n * chunk == g else jnp.pad(x, ((0, n * chunk - g),) + ((0, 0),) * (x.ndim - 1))
     split = lambda x: pad(x).reshape((n, chunk) + x.shape[1:])
     out = jax.lax.map(lambda xs: fn(*xs), tuple(split(x) for x in arrays))
     return jax.tree.map(lambda y: y.reshape((n * chunk,) + y.shape[2:])[:g], out)
@@ -194,8 +205,8 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, block_q: in
     b, tq, h, d = q.shape
     tk = k.shape[1]
     bq, bk = balanced_block(tq, block_q), balanced_block(tk, block_k)
-    # Balanced chunks of batch x heads whose score tiles take about tile_bytes (no chunk mostly padding).
-    chunk = balanced_block(b * h, max(1, tile_bytes // (4 * bq * bk)))
+    # Chunks of batch x heads whose score tiles take about tile_bytes (no chunk mostly padding).
+    chunk = chunk_size(b * h, max(1, tile_bytes // (4 * bq * bk)))
     scale = jnp.asarray(1.0 / math.sqrt(d), q.dtype)
     # [B, T, H, D] -> [B*H, T, D]: one leading "group" axis that the chunks split.
     to_g = lambda x: x.transpose(0, 2, 1, 3).reshape(b * h, x.shape[1], d)
