@@ -6,12 +6,17 @@ pinned to one core (``taskset -c 1``) so both sides get the same single core:
 
 - ``attention``: the attention core at the shapes of the benchmark cases, XLA's
   ``jax.nn.dot_product_attention``, ``bhtd`` and ``blockwise`` vs ``scaled_dot_product_attention``;
-- ``matmul``: the six matmuls of an MLP's forward and backward ([3152, 512] x [512, 2048]: ViT-S
-  decoder tokens), plain XLA and the layout of ``maskjax.models.linear.matmul_cpu``, vs torch;
+- ``matmul``: the six matmuls of an MLP's forward and backward (default [3152, 512] x [512, 2048]:
+  ViT-S decoder tokens), plain XLA and the layout of ``maskjax.models.linear.matmul_cpu``, vs torch;
 - ``block``: a whole pre-LN block (``layers.Block``) with and without the CPU layout tweaks
-  (``matmul_cpu`` + ``gelu_erf``), vs HF's ``ViTMAELayer``.
+  (``matmul_cpu`` + ``gelu_erf``), vs HF's ``ViTMAELayer``;
+- ``profile``: where one block's forward + backward spends its time, per XLA op (needs
+  ``XLA_FLAGS=--xla_cpu_enable_xprof_traceme=true``, which the part sets), grouped into matmuls,
+  attention loops, layout copies (transposes, pads, materialised broadcasts) and the rest.
 
-Usage: ``JAX_PLATFORMS=cpu taskset -c 1 python benchmarks/cpu_micro.py attention|matmul|block [--reps 7]``
+Usage: ``JAX_PLATFORMS=cpu taskset -c 1 python benchmarks/cpu_micro.py attention|matmul|block|profile [--reps 7]``
+(``profile`` and ``matmul`` take ``--shape``, a key of ``SHAPES``; defaults "cifar_tiny decoder" and
+"vit_s16 decoder").
 """
 
 from __future__ import annotations
@@ -78,14 +83,16 @@ def attention(reps: int) -> None:
         _print(f"attention {label} {(b, t, h, d // h)}", _time(fns, reps))
 
 
-def matmul(reps: int) -> None:
-    """The six MLP matmuls: plain XLA, the matmul_cpu layout for the two kernel gradients, torch."""
+def matmul(reps: int, shape: str = "vit_s16 decoder") -> None:
+    """The six MLP matmuls at ``shape``'s tokens and width: plain XLA, the matmul_cpu layout for the
+    two kernel gradients, torch."""
     import jax
     import numpy as np
     import torch
 
     barrier = jax.lax.optimization_barrier
-    n, d, f = 3152, 512, 2048
+    b, t, d, _ = SHAPES[shape]
+    n, f = b * t, 4 * d
     rng = np.random.default_rng(0)
     x, g2 = (rng.standard_normal((n, d), dtype=np.float32) for _ in range(2))
     h = rng.standard_normal((n, f), dtype=np.float32)
@@ -106,7 +113,7 @@ def matmul(reps: int) -> None:
         if layout is not None:
             fns["matmul_cpu layout"] = lambda f=jax.jit(layout): f(*args)
         fns["torch"] = lambda: plain(*targs)
-        _print(f"matmul {label}", _time(fns, reps))
+        _print(f"matmul {label} [{n}, {d}, {f}]", _time(fns, reps))
 
 
 def block(reps: int) -> None:
@@ -151,16 +158,84 @@ def block(reps: int) -> None:
         _print(f"block {label} {(b, t, d, h)}", _time(fns, reps))
 
 
+def _op_group(hlo: str, name: str) -> str:
+    """The group of XLA op ``name`` in the optimised HLO text ``hlo`` (see :func:`profile`)."""
+    import re
+
+    if name.startswith("while"):
+        return "attention loops (blockwise)"
+    line = re.search(r"\n\s*(?:ROOT )?%" + re.escape(name) + r" = .*", hlo)
+    text = line.group(0) if line else name
+    if "__ynn_fusion" in text or name.startswith(("dot", "ynn_fusion")):
+        return "matmuls and reductions (YNNPACK)"
+    if re.search(r"transpose|copy|pad|broadcast", name):
+        return "layout: transposes, copies, pads, broadcasts"
+    return "elementwise fusions (LayerNorm, GELU, residual, softmax pieces)"
+
+
+def profile(reps: int, shape: str) -> None:
+    """Per-op times of one block's forward + backward from a JAX profiler trace, in groups."""
+    import collections
+    import glob
+    import gzip
+    import json
+    import tempfile
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from maskjax.models import layers
+
+    b, t, d, h = SHAPES[shape]
+    x = np.random.default_rng(0).standard_normal((b, t, d), dtype=np.float32)
+    graphdef, params = nnx.split(layers.Block(d, h, rngs=nnx.Rngs(0)), nnx.Param)
+    g = jax.jit(jax.grad(lambda p, x: jnp.sum(nnx.merge(graphdef, p)(x) ** 2), argnums=(0, 1)))
+    hlo = g.lower(params, x).compile().as_text()
+    jax.block_until_ready(g(params, x))
+    with tempfile.TemporaryDirectory() as out:
+        with jax.profiler.trace(out, create_perfetto_trace=True):
+            for _ in range(reps):
+                jax.block_until_ready(g(params, x))
+        events = json.load(gzip.open(glob.glob(f"{out}/**/*.trace.json.gz", recursive=True)[0]))
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    per_op, busy_until = collections.Counter(), {}
+    ops = [e for e in events if e.get("ph") == "X" and not e["name"].startswith(("$", "Thunk", "Pjit", "PjRt"))]
+    for e in sorted(ops, key=lambda e: (e["tid"], e["ts"], -e.get("dur", 0))):
+        if e["ts"] < busy_until.get(e["tid"], -1):
+            continue  # an op inside a while loop's body: counted in the loop's own time
+        busy_until[e["tid"]] = e["ts"] + e.get("dur", 0)
+        per_op[e["name"]] += e.get("dur", 0) / 1e3 / reps
+    groups = collections.Counter()
+    for name, ms in per_op.items():
+        groups[_op_group(hlo, name)] += ms
+    total = sum(groups.values())
+    print(f"| {shape} {(b, t, d, h)}: group | ms per call | share |\n|---|---|---|")
+    for group, ms in groups.most_common():
+        print(f"| {group} | {ms:.1f} | {100 * ms / total:.0f} % |")
+    print(f"| total of the ops | {total:.1f} | |\n")
+    for group in groups:
+        top = [(n, ms) for n, ms in per_op.most_common() if _op_group(hlo, n) == group][:6]
+        print(f"- {group}: " + ", ".join(f"{n} {ms:.1f} ms" for n, ms in top))
+
+
 def main() -> None:
     """Runs one part (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("part", choices=("attention", "matmul", "block"))
+    p.add_argument("part", choices=("attention", "matmul", "block", "profile"))
     p.add_argument("--reps", type=int, default=7)
+    p.add_argument("--shape", default=None, choices=sorted(SHAPES), help="for profile and matmul")
     args = p.parse_args()
+    if args.part == "profile":
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true").strip()
+        return profile(args.reps, args.shape or "cifar_tiny decoder")
     import torch
 
     torch.set_num_threads(1)
-    {"attention": attention, "matmul": matmul, "block": block}[args.part](args.reps)
+    if args.part == "matmul":
+        return matmul(args.reps, args.shape or "vit_s16 decoder")
+    {"attention": attention, "block": block}[args.part](args.reps)
 
 
 if __name__ == "__main__":
