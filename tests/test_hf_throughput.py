@@ -54,6 +54,7 @@ def test_table_format():
     assert "| 3.00 | 2.00 | **2.000** [0.750, 2.000] | 3 x 2 | 1.5 |" in lines[2]
 
 
+@pytest.mark.slow  # builds both workers (torch and JAX): the benchmark, not the library
 def test_one_micro_round_prints_the_table(capsys):
     hf = _module()
     assert hf.main(["--cases", "micro_mae", "--rounds", "1", "--steps", "1", "--warmup", "0"]) == 0

@@ -30,7 +30,10 @@ def _config(name, **extra):
     return config
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+# MAE-ST's loss and gradients under jit are tested in tests/test_mae_st.py; its trainer run here goes
+# with -m slow (CI time).
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "mae_st" else n
+                                  for n in sorted(CASES)])
 def test_trains_from_config(name, tmp_path, request):
     if name == "audiomae":
         request.getfixturevalue("shared_data")

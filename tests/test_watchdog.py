@@ -6,6 +6,8 @@ import sys
 import threading
 import time
 
+import pytest
+
 from maskjax.train.watchdog import ABORT_EXIT_CODE, StepWatchdog
 from tests.conftest import REPO_ROOT
 
@@ -115,6 +117,7 @@ def test_exit_fast_on_error_multi_process_skips_exit_handlers():
         assert "exit handlers ran" not in proc.stdout
 
 
+@pytest.mark.slow  # a real training run; the watchdog's logic is covered by the unit tests above
 def test_training_loop_beats_the_watchdog_every_step(tiny, tmp_path):
     """The loop reports each finished step to the watchdog and pauses it around evaluations."""
     from maskjax.train.loop import train
