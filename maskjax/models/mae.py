@@ -9,8 +9,8 @@ from flax import nnx
 
 from maskjax.masking import Mask, unshuffle_with_mask_tokens
 from maskjax.models.layers import Block, Buffer, dense, layer_norm, sincos_2d
-from maskjax.models.remat import resolve_remat, run_blocks
-from maskjax.models.scan import scan_blocks, stacked_blocks
+from maskjax.models.remat import resolve_remat
+from maskjax.models.scan import apply_blocks, stacked_blocks
 from maskjax.models.vit import ViT
 
 
@@ -58,10 +58,7 @@ class MaskedAutoencoder(nnx.Module):
         """Decoder: embed, append mask tokens, unshuffle, add positions, blocks, predict pixels."""
         x = unshuffle_with_mask_tokens(self.decoder_embed(latent), self.mask_token[...], mask.ids_restore)
         x = x + self.decoder_pos_embed[...].astype(x.dtype)
-        if self.scan_layers:
-            x = scan_blocks(self.decoder_blocks, x, self.remat)
-        else:
-            x = run_blocks(self.decoder_blocks, x, self.remat)
+        x = apply_blocks(self.decoder_blocks, x, self.remat)
         x = self.decoder_pred(self.decoder_norm(x))
         return x[:, 1:]
 

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from maskjax.models.remat import remat_block
+from maskjax.models.remat import remat_block, run_blocks
 
 LAYERS_AXIS = "layers"
 BLOCK_LISTS = ("blocks", "decoder_blocks")  # the attribute names that hold a model's block stacks
@@ -54,8 +54,31 @@ def scan_blocks(blocks: nnx.Module, x: jax.Array, remat: str = "none", keys: jax
     return nnx.scan(body, in_axes=(0, nnx.Carry, 0), out_axes=nnx.Carry)(blocks, x, keys)
 
 
+def apply_blocks(blocks: nnx.Module, x: jax.Array, remat: str = "none", keys: list | None = None) -> jax.Array:
+    """Blocks built by :func:`stacked_blocks` through :func:`scan_blocks`, a list of blocks through
+    :func:`maskjax.models.remat.run_blocks`; ``keys``: one per block, or None."""
+    if isinstance(blocks, nnx.List):
+        return run_blocks(blocks, x, remat, keys)
+    keys = None if keys is None or any(k is None for k in keys) else jnp.stack(keys)
+    return scan_blocks(blocks, x, remat, keys)
+
+
 def _is_layer_list(node: Any) -> bool:
     return isinstance(node, dict) and bool(node) and all(str(k).isdigit() for k in node)
+
+
+def _map_block_stacks(tree: Any, names: tuple, is_target: Callable[[Any], bool],
+                      convert: Callable[[dict], dict]) -> Any:
+    """``tree`` with every entry called one of ``names`` (at any depth) that ``is_target`` replaced by ``convert``."""
+    if not isinstance(tree, dict):
+        return tree
+    return {key: convert(value) if key in names and is_target(value)
+            else _map_block_stacks(value, names, is_target, convert)
+            for key, value in tree.items()}
+
+
+def _is_stacked(node: Any) -> bool:
+    return isinstance(node, dict) and bool(node) and not _is_layer_list(node)
 
 
 def stack_layers(tree: Any, names: Iterable[str] = BLOCK_LISTS) -> Any:
@@ -64,32 +87,19 @@ def stack_layers(tree: Any, names: Iterable[str] = BLOCK_LISTS) -> Any:
     Applies to every dict entry called one of ``names`` anywhere in ``tree`` (e.g. ``params`` and
     ``params["encoder"]``); other entries are returned unchanged.
     """
-    names = tuple(names)
-    if not isinstance(tree, dict):
-        return tree
-    out = {}
-    for key, value in tree.items():
-        if key in names and _is_layer_list(value):
-            layers = [value[str(i)] for i in range(len(value))]
-            out[key] = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
-        else:
-            out[key] = stack_layers(value, names)
-    return out
+    def stack(layers: dict) -> dict:
+        return jax.tree.map(lambda *xs: jnp.stack(xs), *[layers[str(i)] for i in range(len(layers))])
+
+    return _map_block_stacks(tree, tuple(names), _is_layer_list, stack)
 
 
 def unstack_layers(tree: Any, names: Iterable[str] = BLOCK_LISTS) -> Any:
     """Inverse of :func:`stack_layers`: ``name/...`` with a leading axis N -> ``name/{0..N-1}/...``."""
-    names = tuple(names)
-    if not isinstance(tree, dict):
-        return tree
-    out = {}
-    for key, value in tree.items():
-        if key in names and isinstance(value, dict) and not _is_layer_list(value):
-            depth = jax.tree.leaves(value)[0].shape[0]
-            out[key] = {str(i): jax.tree.map(lambda x, i=i: x[i], value) for i in range(depth)}
-        else:
-            out[key] = unstack_layers(value, names)
-    return out
+    def unstack(stacked: dict) -> dict:
+        depth = jax.tree.leaves(stacked)[0].shape[0]
+        return {str(i): jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(depth)}
+
+    return _map_block_stacks(tree, tuple(names), _is_stacked, unstack)
 
 
 def is_scanned(tree: Any, names: Iterable[str] = BLOCK_LISTS) -> bool:
@@ -98,7 +108,7 @@ def is_scanned(tree: Any, names: Iterable[str] = BLOCK_LISTS) -> bool:
     if not isinstance(tree, dict):
         return False
     for key, value in tree.items():
-        if key in names and isinstance(value, dict) and value and not _is_layer_list(value):
+        if key in names and _is_stacked(value):
             return True
         if is_scanned(value, names):
             return True

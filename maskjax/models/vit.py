@@ -12,8 +12,8 @@ from flax import nnx
 
 from maskjax.masking import Mask, gather_tokens
 from maskjax.models.layers import Block, Buffer, PatchEmbed, layer_norm, sincos_2d
-from maskjax.models.remat import block_keys, resolve_remat, run_blocks
-from maskjax.models.scan import scan_blocks, stacked_blocks
+from maskjax.models.remat import block_keys, resolve_remat
+from maskjax.models.scan import apply_blocks, stacked_blocks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,10 +102,7 @@ class ViT(nnx.Module):
 
     def run_blocks(self, x: jax.Array, key: jax.Array | None = None) -> jax.Array:
         """Applies the transformer blocks (with the remat policy and an optional drop-path key)."""
-        if self.scan_layers:
-            return scan_blocks(self.blocks, x, self.remat, None if key is None else jax.random.split(key, self.depth))
-        x = run_blocks(self.blocks, x, self.remat, block_keys(key, self.depth))
-        return x
+        return apply_blocks(self.blocks, x, self.remat, block_keys(key, self.depth))
 
     def __call__(self, images: jax.Array, mask: Mask | None = None, *,
                  drop_key: jax.Array | None = None) -> tuple[jax.Array, dict]:
