@@ -6,13 +6,13 @@ The state and the jitted step are built with the trainer's own functions (``sche
 timed here is the program ``maskjax train`` runs. Nothing is written but the text vocabulary
 cache (``<workdir>/cache``, as the trainer does); no checkpoint, no evaluator.
 
-Timing (async dispatch): every timed step is ``next(iterator)`` -> ``to_global_batch`` ->
-compiled step -> ``jax.block_until_ready`` on the new state and metrics, so each step's time
-is its own and no work leaks into the next one. The step time is from the host batch being
-in hand to the block returning (transfer + compute); the data wait is the time spent in
-``next(iterator)`` over the whole loop time. The trainer does not block per step, so it can
-overlap a little more of the input with compute than this loop (grain's background threads
-prefetch in both); the data wait here is therefore an upper bound of the trainer's.
+Timing (async dispatch, as the trainer runs): step k is dispatched, the next host batch is read and
+put on the device (``to_global_batch``) while step k runs, and only then does the host wait for
+step k-1, so one step is always queued behind the running one and the batch transfer overlaps
+with compute. The step time is the interval between two consecutive step completions (median over
+the timed steps); the data wait is the time spent reading and transferring batches over the whole
+loop time. It is an upper bound of the stall the input causes: time the host spends reading while
+the device is still busy costs nothing.
 
 FLOPs: ``maskjax.flops`` (analytic, matmuls only, training = 3 x forward) and XLA's
 ``compiled.cost_analysis()["flops"]``. The latter describes the SPMD-partitioned per-device
@@ -29,6 +29,7 @@ import dataclasses
 import itertools
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -268,8 +269,13 @@ def device_peak_bytes(devices) -> int | None:
 
 
 def bench_config(config, *, label: str, steps: int = 20, warmup: int = 3, synthetic: bool = False,
-                 workdir: str = "runs/bench", peak: float | None = None, log=None) -> dict:
-    """Benchmarks the train step of ``config``; returns one row (see :func:`format_row`)."""
+                 workdir: str = "runs/bench", peak: float | None = None, log=None,
+                 profile_dir: str | None = None, profile_steps: int = 3) -> dict:
+    """Benchmarks the train step of ``config``; returns one row (see :func:`format_row`).
+
+    With ``profile_dir``, ``profile_steps`` more steps run under ``jax.profiler.trace`` after the
+    timed ones (so tracing never slows a timed step); the row's "profile" holds their kernel table.
+    """
     import jax
 
     from maskjax.data.pipeline import to_global_batch
@@ -303,19 +309,38 @@ def bench_config(config, *, label: str, steps: int = 20, warmup: int = 3, synthe
         compiled = setup.step_fn.lower(state, first).compile()
         compile_s = time.perf_counter() - t0
         del first
-        data_s, step_s, total_s = [], [], []
-        metrics = {}
-        for i in range(warmup + steps):
-            t0 = time.perf_counter()
-            host = next(iterator)
-            t1 = time.perf_counter()
-            state, metrics = compiled(state, to_global_batch(host, bsharding))
-            jax.block_until_ready((state, metrics))
-            t2 = time.perf_counter()
-            if i >= warmup:
-                data_s.append(t1 - t0)
-                step_s.append(t2 - t1)
-                total_s.append(t2 - t0)
+        # Pipelined like the trainer: step k is dispatched, the next batch is read and put on the
+        # device while it runs, then the host waits for step k-1 only (one step in flight behind
+        # the current one). Step time = interval between two consecutive completions; data wait =
+        # time in next(iterator) + to_global_batch, an upper bound of the stall it causes.
+        total = warmup + steps + 1
+        batch = to_global_batch(next(iterator), bsharding)
+        pending, marks, data_s = None, [], []
+        for k in range(total):
+            state, metrics = compiled(state, batch)
+            if k + 1 < total:
+                t0 = time.perf_counter()
+                batch = to_global_batch(next(iterator), bsharding)
+                data_s.append(time.perf_counter() - t0)
+            if pending is not None:
+                jax.block_until_ready(pending)
+                marks.append(time.perf_counter())  # step k-1 done
+            pending = metrics
+        jax.block_until_ready((state, metrics))
+        marks.append(time.perf_counter())
+        # marks[k] = completion of step k; the first warmup + 1 steps are untimed.
+        step_s = [b - a for a, b in zip(marks[warmup:-1], marks[warmup + 1:])]
+        data_s = data_s[warmup:warmup + steps]
+        total_s = step_s
+        profile = None
+        if profile_dir:
+            from maskjax.profiling import format_summary, summarize_trace
+
+            with jax.profiler.trace(profile_dir):
+                for _ in range(profile_steps):
+                    state, metrics = compiled(state, to_global_batch(next(iterator), bsharding))
+                jax.block_until_ready((state, metrics))
+            profile = format_summary(summarize_trace(profile_dir), profile_steps, top=40)
     loss = float(jax.device_get(metrics["loss"]))
     if not math.isfinite(loss):
         say(f"bench {label}: warning: the loss is {loss} after {warmup + steps} steps")
@@ -343,7 +368,7 @@ def bench_config(config, *, label: str, steps: int = 20, warmup: int = 3, synthe
         "data_wait": None if synthetic else sum(data_s) / sum(total_s), "synthetic_data": synthetic,
         "peak_bytes": mem_device if mem_device is not None else (mem_compiled or {}).get("total"),
         "peak_bytes_source": "device" if mem_device is not None else "compiled",
-        "compiled_memory": mem_compiled, "final_loss": loss,
+        "compiled_memory": mem_compiled, "final_loss": loss, "profile": profile,
     }
 
 
@@ -382,8 +407,8 @@ def format_row(r: dict) -> str:
 
 
 LEGEND = """\
-Step time: one step with the batch in hand, blocked with jax.block_until_ready (median of the timed steps
-after warm-up). Tokens: mae = image patches (all L per image), bert/electra = text token positions (seq_len
+Step time: interval between two consecutive step completions with the next batch transferred while a step
+runs, as in the trainer (median of the timed steps after warm-up). Tokens: mae = image patches (all L per image), bert/electra = text token positions (seq_len
 per block). FLOPs: analytic = matmuls at 2 FLOPs per multiply-add, training = 3 x forward (maskjax/flops.py);
 XLA = compiled.cost_analysis() x devices (adds elementwise and optimizer work). MFU = analytic TFLOP/s over
 the device peak (n/a where unknown, e.g. CPU without --peak-tflops). Data wait = time in next(iterator) /
@@ -404,6 +429,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     p.add_argument("--compile-cache", "--compile_cache", default=None, metavar="DIR",
                    help="JAX persistent compilation cache directory (default: config.compile_cache_dir)")
+    p.add_argument("--profile", default=None, metavar="DIR",
+                   help="trace --profile-steps more steps into DIR/<row> and print a kernel-time table per row")
+    p.add_argument("--profile-steps", type=int, default=3, help="steps traced with --profile (default 3)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     from absl import flags
 
@@ -411,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
         flags.FLAGS.mark_as_parsed()  # grain reads absl flags outside absl.app.run
     from maskjax.train.validate import ConfigError
 
+    if args.profile_steps < 1:
+        p.error(f"--profile-steps must be >= 1, got {args.profile_steps}")
     rows = []
     print(HEADER + "\n|" + "---|" * HEADER.count(" | ") + "---|", flush=True)
     for spec in args.config:
@@ -419,13 +449,20 @@ def main(argv: list[str] | None = None) -> int:
             from maskjax.train.compile_cache import enable_compile_cache
 
             enable_compile_cache(args.compile_cache or config.get("compile_cache_dir"))
+            trace_dir = None
+            if args.profile:
+                trace_dir = os.path.join(args.profile, f"row{len(rows)}")
             row = bench_config(config, label=spec, steps=args.steps, warmup=args.warmup,
-                               synthetic=args.synthetic_data, workdir=args.workdir, peak=args.peak_tflops)
+                               synthetic=args.synthetic_data, workdir=args.workdir, peak=args.peak_tflops,
+                               profile_dir=trace_dir, profile_steps=args.profile_steps)
         except (FileNotFoundError, KeyError, ValueError, ConfigError) as e:
             print(f"maskjax bench: {spec}: {e}", file=sys.stderr)
             return 2
         rows.append(row)
         print(format_row(row), flush=True)
+    for row in rows:
+        if row["profile"]:
+            print(f"\n### Kernel time of `{row['config']}`\n\n{row['profile']}")
     print("\n" + LEGEND)
     if args.json:
         with open(args.json, "w") as f:

@@ -118,3 +118,46 @@ def test_cpu_default_is_blockwise_for_long_sequences():
     jaxpr = str(jax.make_jaxpr(lambda q, k, v: attend(q, k, v))(q, k, v))
     assert "custom_vjp" in jaxpr  # the blockwise core
     np.testing.assert_allclose(attend(q, k, v), _numpy_attention(q, k, v), atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("tq, tk", [(197, 197), (7, 7), (6, 9), (50, 50)])
+def test_cudnn_wrapper_pads_odd_lengths_exactly(tq, tk):
+    """The odd-length padding (one masked key, one dropped query) changes neither values nor
+    gradients: checked through the same code path with XLA's kernel, since CI has no GPU."""
+    from maskjax.models.attention import cudnn_attention
+
+    keys = jax.random.split(jax.random.key(3), 4)
+    q = jax.random.normal(keys[0], (2, tq, 3, 8))
+    k, v = (jax.random.normal(kk, (2, tk, 3, 8)) for kk in keys[1:3])
+    w = jax.random.normal(keys[3], (2, tq, 3, 8))
+    ref = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla")
+    ours = lambda q, k, v: cudnn_attention(q, k, v, implementation="xla")
+    np.testing.assert_allclose(ours(q, k, v), _numpy_attention(q, k, v), atol=2e-5, rtol=1e-5)
+    g_ref = jax.grad(lambda *a: jnp.sum(ref(*a) * w), argnums=(0, 1, 2))(q, k, v)
+    g_ours = jax.grad(lambda *a: jnp.sum(ours(*a) * w), argnums=(0, 1, 2))(q, k, v)
+    for a, b in zip(g_ours, g_ref):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)
+
+
+def test_cudnn_refuses_what_it_cannot_run_with_a_clear_message():
+    from maskjax.models.attention import cudnn_attention, cudnn_supports
+
+    q, k, v = _qkv(1, 4, 1, 8)
+    with pytest.raises(ValueError, match="compute_dtype=bfloat16"):
+        cudnn_attention(q, k, v)  # float32
+    assert cudnn_supports(jnp.bfloat16, 64) and cudnn_supports(jnp.float16, 256)
+    assert not cudnn_supports(jnp.float32, 64) and not cudnn_supports(jnp.bfloat16, 12)
+    assert not cudnn_supports(jnp.bfloat16, 264)
+
+
+def test_gpu_default_is_cudnn_only_where_it_applies(monkeypatch):
+    from maskjax.models import layers
+
+    monkeypatch.setattr(layers, "on_cuda", lambda: True)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert layers.default_attention_impl(197, 32, jnp.bfloat16) == "cudnn"
+    assert layers.default_attention_impl(197, 32, jnp.float32) is None      # cuDNN flash needs bf16/fp16
+    assert layers.default_attention_impl(197, 12, jnp.bfloat16) is None     # head dim not a multiple of 8
+    monkeypatch.setattr(layers, "on_cuda", lambda: False)                   # e.g. ROCm
+    assert layers.default_attention_impl(197, 32, jnp.bfloat16) is None

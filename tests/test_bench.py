@@ -150,3 +150,33 @@ def test_unknown_method_has_no_count():
     config.method = "nope"
     with pytest.raises(ValueError, match="known"):
         model_flops(config)
+
+
+def test_bench_profile_prints_a_kernel_table(tmp_path):
+    from maskjax.bench import bench_config
+
+    config = tiny_config(global_batch=16)
+    row = bench_config(config, label="tiny", steps=1, warmup=0, synthetic=True, profile_dir=str(tmp_path / "trace"),
+                       profile_steps=2)
+    text = row["profile"]
+    assert text.startswith("Device time per step on /host:CPU, over 2 traced steps")
+    shares = [float(line.split("|")[3].strip(" %")) for line in text.splitlines()
+              if line.startswith("| ") and line.count("|") == 4 and "category" not in line]
+    assert shares and abs(sum(shares) - 100.0) < 0.5  # the categories split all of the op time
+    assert "| kernel / op | category | launches/step | ms/step | share |" in text
+
+
+def test_profile_busy_time_counts_overlaps_once_and_names_fall_into_categories():
+    from maskjax.profiling import busy_and_span, categorize
+
+    # [0,4) and [2,6) overlap (two streams), then a gap, then [10,11): busy 7 of a span of 11.
+    assert busy_and_span([(10, 11), (0, 4), (2, 6)]) == (7, 11)
+    assert busy_and_span([(0, 5), (1, 2)]) == (5, 5)   # one kernel inside another
+    assert busy_and_span([]) == (0.0, 0.0)
+    assert categorize("nvjet_sm90_tst_128x160_64x5_2x1_v_bz_NNT") == "matmul"
+    assert categorize("cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma") == "attention"
+    assert categorize("input_add_reduce_fusion_11") == "reduction"
+    assert categorize("loop_slice_fusion_32") == "copy/layout"
+    assert categorize("loop_multiply_fusion_8") == "elementwise"
+    assert categorize("MemcpyH2D") == "copy/layout"
+    assert categorize("something_else") == "other"

@@ -212,3 +212,38 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, block_q: in
     to_g = lambda x: x.transpose(0, 2, 1, 3).reshape(b * h, x.shape[1], d)
     out = _flash(to_g(q * scale), to_g(k), to_g(v), bq, bk, chunk)
     return out.reshape(b, h, tq, d).transpose(0, 2, 1, 3)
+
+
+# cuDNN's fused (flash) attention on bf16/fp16 inputs; head dims up to 256 on Hopper (128 before).
+CUDNN_DTYPES = ("bfloat16", "float16")
+CUDNN_MAX_HEAD_DIM = 256
+
+
+def cudnn_supports(dtype, head_dim: int) -> bool:
+    """Whether ``jax.nn.dot_product_attention(implementation="cudnn")`` takes these inputs."""
+    return jnp.dtype(dtype).name in CUDNN_DTYPES and head_dim % 8 == 0 and head_dim <= CUDNN_MAX_HEAD_DIM
+
+
+def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
+                    implementation: str | None = "cudnn") -> jax.Array:
+    """cuDNN fused attention on [B, T, H, D] inputs, for any sequence length.
+
+    JAX's cuDNN path refuses odd lengths in training (it always passes a bias operand, and a
+    biased backward needs even lengths), and the MAE decoder has 197 tokens. Odd lengths are
+    padded by one position and the padded key is masked through ``key_value_seq_lengths``
+    (cuDNN's padding mask); the padded query row is dropped. ``implementation`` is there so the
+    padding can be checked against ``"xla"`` on machines without a GPU.
+    """
+    if implementation == "cudnn" and not cudnn_supports(q.dtype, q.shape[-1]):
+        raise ValueError(
+            f"attention_impl='cudnn' needs bfloat16 or float16 inputs with a head dim that is a multiple of 8 "
+            f"and at most {CUDNN_MAX_HEAD_DIM}; got {jnp.dtype(q.dtype).name} with head dim {q.shape[-1]}. Set "
+            f"compute_dtype=bfloat16, or model.attention_impl=xla")
+    tq, tk = q.shape[1], k.shape[1]
+    if tq % 2 == 0 and tk % 2 == 0:
+        return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+    pad = lambda x: x if x.shape[1] % 2 == 0 else jnp.pad(x, ((0, 0), (0, 1), (0, 0), (0, 0)))
+    lengths = lambda t: jnp.full((q.shape[0],), t, jnp.int32)
+    out = jax.nn.dot_product_attention(pad(q), pad(k), pad(v), query_seq_lengths=lengths(tq),
+                                       key_value_seq_lengths=lengths(tk), implementation=implementation)
+    return out[:, :tq]

@@ -123,32 +123,52 @@ ATTENTION_IMPLS = ("xla", "cudnn", "blockwise", "bhtd")
 # than XLA's attention for the 65- and 197-token MAE decoders of docs/performance.md (core and
 # whole block, forward + backward), equal or slower for the 17- and 50-token encoders.
 CPU_BLOCKWISE_MIN_KEYS = 64
+# On NVIDIA GPUs, attention_impl=None picks cuDNN's fused kernel from this many keys on.
+GPU_CUDNN_MIN_KEYS = 0
 
 
-def default_attention_impl(num_keys: int) -> str | None:
-    """What ``attention_impl=None`` means: "blockwise" on CPU for long sequences, else JAX's choice."""
+def default_attention_impl(num_keys: int, head_dim: int | None = None, dtype: Any = None) -> str | None:
+    """What ``attention_impl=None`` means: "blockwise" on CPU for long sequences; "cudnn" on NVIDIA
+    GPUs for bf16/fp16 inputs it supports (measured in docs/performance.md: XLA materialises the
+    [B, H, T, T] scores, a large part of the MAE decoder's step); else JAX's own choice."""
     if jax.default_backend() == "cpu" and num_keys >= CPU_BLOCKWISE_MIN_KEYS:
         return "blockwise"
+    if (num_keys >= GPU_CUDNN_MIN_KEYS and head_dim is not None and dtype is not None and on_cuda()
+            and attention.cudnn_supports(dtype, head_dim)):
+        return "cudnn"
     return None
+
+
+@functools.cache
+def on_cuda() -> bool:
+    """True when the default backend is an NVIDIA GPU (cuDNN exists there, not on ROCm)."""
+    if jax.default_backend() != "gpu":
+        return False
+    try:
+        return "cuda" in jax.devices()[0].client.platform_version.lower()
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, impl: str | None = None) -> jax.Array:
     """Scaled dot-product attention core on [B, T, H, Dh] inputs (no mask, no dropout).
 
-    ``impl`` None picks :func:`default_attention_impl` (on CPU "blockwise" for 64 keys or more,
-    otherwise ``jax.nn.dot_product_attention``'s own choice: cuDNN on GPUs where it applies);
-    "cudnn" forces the fused cuDNN kernel on GPUs; "xla" the plain einsum lowering; "blockwise" the
+    ``impl`` None picks :func:`default_attention_impl` (on CPU "blockwise" for 64 keys or more, on
+    NVIDIA GPUs "cudnn" for bf16/fp16, otherwise ``jax.nn.dot_product_attention``'s own choice);
+    "cudnn" forces the fused cuDNN kernel (odd lengths padded, :func:`attention.cudnn_attention`); "xla" the plain einsum lowering; "blockwise" the
     memory-efficient online-softmax attention with a recomputing backward, "bhtd" plain attention
     in the [B, H, T, D] layout (both in ``maskjax.models.attention``).
     """
     if impl is not None and impl not in ATTENTION_IMPLS:
         raise ValueError(f"unknown attention_impl {impl!r}; use None or one of {ATTENTION_IMPLS}")
     if impl is None:
-        impl = default_attention_impl(k.shape[1])
+        impl = default_attention_impl(k.shape[1], q.shape[-1], q.dtype)
     if impl == "blockwise":
         core = attention.blockwise_attention
     elif impl == "bhtd":
         core = attention.bhtd_attention
+    elif impl == "cudnn":
+        core = attention.cudnn_attention
     else:
         core = functools.partial(jax.nn.dot_product_attention, implementation=impl)
     # Under the "attention" remat policy the core is recomputed in the backward pass (remat.py).
