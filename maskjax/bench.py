@@ -268,6 +268,35 @@ def device_peak_bytes(devices) -> int | None:
     return max(peaks) if peaks else None
 
 
+def run_pipelined(compiled, state, iterator, sharding, n: int):
+    """Runs ``n`` steps as the trainer does; returns (state, metrics, completion times, data times).
+
+    Step k is dispatched, the next batch is read and put on the device while it runs, and only
+    then does the host wait for step k-1, so one step is always queued behind the running one.
+    ``marks[k]`` is when step k was seen complete; ``data_s[k]`` the time spent reading and
+    transferring the batch of step k + 1 while step k ran.
+    """
+    import jax
+
+    from maskjax.data.pipeline import to_global_batch
+
+    batch = to_global_batch(next(iterator), sharding)
+    pending, marks, data_s, metrics = None, [], [], {}
+    for k in range(n):
+        state, metrics = compiled(state, batch)
+        if k + 1 < n:
+            t0 = time.perf_counter()
+            batch = to_global_batch(next(iterator), sharding)
+            data_s.append(time.perf_counter() - t0)
+        if pending is not None:
+            jax.block_until_ready(pending)
+            marks.append(time.perf_counter())  # step k-1 done
+        pending = metrics
+    jax.block_until_ready((state, metrics))
+    marks.append(time.perf_counter())
+    return state, metrics, marks, data_s
+
+
 def bench_config(config, *, label: str, steps: int = 20, warmup: int = 3, synthetic: bool = False,
                  workdir: str = "runs/bench", peak: float | None = None, log=None,
                  profile_dir: str | None = None, profile_steps: int = 3) -> dict:
@@ -309,25 +338,7 @@ def bench_config(config, *, label: str, steps: int = 20, warmup: int = 3, synthe
         compiled = setup.step_fn.lower(state, first).compile()
         compile_s = time.perf_counter() - t0
         del first
-        # Pipelined like the trainer: step k is dispatched, the next batch is read and put on the
-        # device while it runs, then the host waits for step k-1 only (one step in flight behind
-        # the current one). Step time = interval between two consecutive completions; data wait =
-        # time in next(iterator) + to_global_batch, an upper bound of the stall it causes.
-        total = warmup + steps + 1
-        batch = to_global_batch(next(iterator), bsharding)
-        pending, marks, data_s = None, [], []
-        for k in range(total):
-            state, metrics = compiled(state, batch)
-            if k + 1 < total:
-                t0 = time.perf_counter()
-                batch = to_global_batch(next(iterator), bsharding)
-                data_s.append(time.perf_counter() - t0)
-            if pending is not None:
-                jax.block_until_ready(pending)
-                marks.append(time.perf_counter())  # step k-1 done
-            pending = metrics
-        jax.block_until_ready((state, metrics))
-        marks.append(time.perf_counter())
+        state, metrics, marks, data_s = run_pipelined(compiled, state, iterator, bsharding, warmup + steps + 1)
         # marks[k] = completion of step k; the first warmup + 1 steps are untimed.
         step_s = [b - a for a, b in zip(marks[warmup:-1], marks[warmup + 1:])]
         data_s = data_s[warmup:warmup + steps]
@@ -336,10 +347,8 @@ def bench_config(config, *, label: str, steps: int = 20, warmup: int = 3, synthe
         if profile_dir:
             from maskjax.profiling import format_summary, summarize_trace
 
-            with jax.profiler.trace(profile_dir):
-                for _ in range(profile_steps):
-                    state, metrics = compiled(state, to_global_batch(next(iterator), bsharding))
-                jax.block_until_ready((state, metrics))
+            with jax.profiler.trace(profile_dir):  # the same loop, so the trace shows the timed steps' gaps
+                state, metrics, _, _ = run_pipelined(compiled, state, iterator, bsharding, profile_steps)
             profile = format_summary(summarize_trace(profile_dir), profile_steps, top=40)
     loss = float(jax.device_get(metrics["loss"]))
     if not math.isfinite(loss):
