@@ -56,3 +56,20 @@ def test_unknown_model_variant(tiny):
 def test_all_problems_reported_at_once(tiny):
     msg = _error(tiny(**{"masking.ratio": 2.0, "model.variant": "Q/16"}), num_devices=1)
     assert "masking.ratio" in msg and "unknown ViT size" in msg
+
+
+def test_attention_impl_is_checked_before_compiling(tiny):
+    msg = _error(tiny(**{"model.attention_impl": "flashy"}), num_devices=1)
+    assert "model.attention_impl='flashy' is not available for mae" in msg
+    msg = _error(tiny(**{"model.attention_impl": "cudnn"}), num_devices=1)  # float32, on a CPU
+    assert "needs compute_dtype bfloat16 or float16" in msg and "needs an NVIDIA GPU" in msg
+    for impl in ("xla", "blockwise", "bhtd"):
+        validate_config(tiny(**{"model.attention_impl": impl}), num_devices=1)
+
+
+def test_text_attention_impl_takes_only_masked_kernels(tmp_path):
+    from tests.text_helpers import tiny_text_config
+
+    config = tiny_text_config(tmp_path / "train.txt")
+    config.model.attention_impl = "blockwise"
+    assert "is not available for bert; use None or one of ('xla', 'cudnn')" in _error(config, num_devices=8)

@@ -24,6 +24,28 @@ def _check_method(config, errors: list[str]) -> None:
     get_modality(getattr(factory, "modality", "image")).check(config, errors)
 
 
+def _check_attention(config, errors: list[str]) -> None:
+    # A wrong attention_impl would otherwise fail while tracing the step, deep inside JAX.
+    from maskjax.methods import method_class
+    from maskjax.models.layers import ATTENTION_IMPLS, on_cuda
+
+    impl = config.get("model", {}).get("attention_impl")
+    if impl is None:
+        return
+    text = getattr(method_class(config.method), "modality", "image") == "text"
+    allowed = ("xla", "cudnn") if text else ATTENTION_IMPLS  # BERT/ELECTRA attention takes a padding mask
+    if impl not in allowed:
+        errors.append(f"model.attention_impl={impl!r} is not available for {config.method}; use None or one of "
+                      f"{allowed}")
+    elif impl == "cudnn":
+        if config.compute_dtype == "float32":
+            errors.append("model.attention_impl='cudnn' needs compute_dtype bfloat16 or float16 (cuDNN's fused "
+                          "attention has no float32 kernel)")
+        if not on_cuda():
+            errors.append(f"model.attention_impl='cudnn' needs an NVIDIA GPU, but JAX's backend here is "
+                          f"{jax.default_backend()!r}; leave it unset (None) to let maskjax choose")
+
+
 def _check_evals(config, errors: list[str]) -> None:
     # An unknown evaluator would otherwise surface only after training, when the run has ended.
     from maskjax.eval.registry import known_evaluators
@@ -78,6 +100,7 @@ def validate_config(config, num_devices: int | None = None, process_count: int |
         errors.append("checkpoint.data_state_mismatch must be 'error' or 'reset'")
     if known:
         _check_method(config, errors)
+        _check_attention(config, errors)
     _check_evals(config, errors)
     _check_batch(config, errors, num_devices, process_count)
     if errors:
