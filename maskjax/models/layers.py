@@ -123,7 +123,8 @@ ATTENTION_IMPLS = ("xla", "cudnn", "blockwise", "bhtd")
 # than XLA's attention for the 65- and 197-token MAE decoders of docs/performance.md (core and
 # whole block, forward + backward), equal or slower for the 17- and 50-token encoders.
 CPU_BLOCKWISE_MIN_KEYS = 64
-# On NVIDIA GPUs, attention_impl=None picks cuDNN's fused kernel from this many keys on.
+# On NVIDIA GPUs, attention_impl=None picks cuDNN's fused kernel from this many keys on. 0: on an
+# H100 cuDNN also beat XLA for the 50-token MAE ViT-L encoder (docs/performance.md, H100 row 8).
 GPU_CUDNN_MIN_KEYS = 0
 
 
@@ -155,9 +156,10 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, impl: str | None = None) ->
 
     ``impl`` None picks :func:`default_attention_impl` (on CPU "blockwise" for 64 keys or more, on
     NVIDIA GPUs "cudnn" for bf16/fp16, otherwise ``jax.nn.dot_product_attention``'s own choice);
-    "cudnn" forces the fused cuDNN kernel (odd lengths padded, :func:`attention.cudnn_attention`); "xla" the plain einsum lowering; "blockwise" the
-    memory-efficient online-softmax attention with a recomputing backward, "bhtd" plain attention
-    in the [B, H, T, D] layout (both in ``maskjax.models.attention``).
+    "cudnn" forces the fused cuDNN kernel (odd lengths padded, :func:`attention.cudnn_attention`);
+    "xla" the plain einsum lowering; "blockwise" the memory-efficient online-softmax attention with
+    a recomputing backward, "bhtd" plain attention in the [B, H, T, D] layout (both in
+    ``maskjax.models.attention``).
     """
     if impl is not None and impl not in ATTENTION_IMPLS:
         raise ValueError(f"unknown attention_impl {impl!r}; use None or one of {ATTENTION_IMPLS}")
