@@ -52,6 +52,7 @@ def _run_measured(cmd: list[str], tmp_path, timeout_s: float = 300) -> tuple[str
     return out.read_text(), err.read_text(), proc.returncode, rusage.ru_maxrss
 
 
+@pytest.mark.slow  # 30 s of compiling; test_default_recipe_fits_and_flops_agree covers the CPU device path
 def test_vit_b16_on_8_cpu_devices_without_allocating(tmp_path):
     out = tmp_path / "fit.json"
     cmd = [sys.executable, "-m", "maskjax.fitcheck", "--config", "configs/mae/vit_b16_in1k.py",

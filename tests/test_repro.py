@@ -2,9 +2,12 @@
 
 import os
 
+import pytest
+
 from maskjax.repro import TABLES, run_table
 
 
+@pytest.mark.slow  # 40 s; the runner's re-evaluation path is covered below at a smaller cost
 def test_repro_two_row_table_at_smoke_size(tmp_path, capsys):
     table = TABLES["mae_cifar_target"]
     assert len(table.rows) == 2
