@@ -4,7 +4,7 @@
 a slow step can be read without TensorBoard or Perfetto: device time per kernel (or per XLA op on
 CPU), grouped into categories (matmuls, attention, fused elementwise, reductions, copies and
 layout changes, collectives), and how busy the device was over the traced span. On CPU a loop op
-(``while``) and the ops inside it are both listed, so the kernel total can exceed the busy time. A busy fraction
+(``while``) is listed with its own time only: what the ops of its body, on any thread, do not cover. A busy fraction
 well under 100 % means the step is waiting for the host (kernel launches, Python dispatch).
 
 The trace is read with ``jax.profiler.ProfileData`` (XSpace protos): GPU kernels are the events of
@@ -13,6 +13,7 @@ the ``/device:GPU:N`` planes, CPU ops those of the XLA client thread lines of ``
 
 from __future__ import annotations
 
+import bisect
 import collections
 import dataclasses
 import glob
@@ -99,13 +100,35 @@ def summarize_trace(trace_dir: str) -> KernelSummary:
         raise ValueError(f"the trace under {trace_dir} holds no device kernels or XLA ops")
     per_name: dict[str, list] = collections.defaultdict(lambda: [0, 0.0])
     per_category: dict[str, float] = collections.defaultdict(float)
-    for name, _, dur in events:
+    for name, dur in zip((e[0] for e in events), exclusive_durations(events)):
         per_name[name][0] += 1
         per_name[name][1] += dur * 1e-9
         per_category[categorize(name)] += dur * 1e-9
     busy, span = busy_and_span([(s, s + d) for _, s, d in events])
     return KernelSummary({k: (v[0], v[1]) for k, v in per_name.items()}, dict(per_category),
                          busy * 1e-9, span * 1e-9, plane)
+
+
+# XLA ops that only run other ops: a CPU trace shows them around their bodies' ops, which may run
+# on other threads. Their own time is what their bodies' ops do not cover.
+CONTAINER_OP = re.compile(r"^(while|conditional|call)(\.\d+)?$")
+
+
+def exclusive_durations(events: list[tuple[str, float, float]]) -> list[float]:
+    """Each event's duration, less, for a container op (:data:`CONTAINER_OP`), the time that other
+    ops within its interval cover (their union, over all threads), so no time is counted twice."""
+    leaves = sorted((s, s + d) for name, s, d in events if not CONTAINER_OP.match(name))
+    starts = [s for s, _ in leaves]
+    out = []
+    for name, start, dur in events:
+        if not CONTAINER_OP.match(name):
+            out.append(dur)
+            continue
+        end = start + dur
+        # The body's ops start inside the container's interval (bisect keeps this linear overall).
+        body = leaves[bisect.bisect_left(starts, start):bisect.bisect_left(starts, end)]
+        out.append(max(0.0, dur - busy_and_span([(s, min(e, end)) for s, e in body])[0]))
+    return out
 
 
 def busy_and_span(intervals: list[tuple[float, float]]) -> tuple[float, float]:

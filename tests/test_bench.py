@@ -180,3 +180,30 @@ def test_profile_busy_time_counts_overlaps_once_and_names_fall_into_categories()
     assert categorize("loop_multiply_fusion_8") == "elementwise"
     assert categorize("MemcpyH2D") == "copy/layout"
     assert categorize("something_else") == "other"
+
+
+def test_profile_counts_a_loop_op_without_its_body():
+    from maskjax.profiling import exclusive_durations
+
+    # A while op over [0, 10) whose body ops cover [1, 4) and [3, 8) on two threads: 3 units of its
+    # own; a leaf before it is untouched; a nested while over [1, 6) is covered entirely: 0.
+    events = [("fusion.1", -5, 4), ("while.3", 0, 10), ("dot.2", 1, 3), ("add", 3, 5),
+              ("while.7", 1, 5)]
+    assert exclusive_durations(events) == [4, 3, 3, 5, 0]
+
+
+def test_cpu_profile_of_a_loop_adds_up_to_the_busy_time(tmp_path):
+    import jax
+    import jax.numpy as jnp
+
+    from maskjax.profiling import summarize_trace
+
+    f = jax.jit(lambda x: jax.lax.fori_loop(0, 30, lambda i, y: jnp.tanh(y @ x), x).sum())
+    x = jnp.full((128, 128), 0.01)
+    f(x).block_until_ready()
+    with jax.profiler.trace(str(tmp_path)):
+        f(x).block_until_ready()
+    summary = summarize_trace(str(tmp_path))
+    # Without the loop's own time taken out, the while op would double the total.
+    assert summary.per_category.get("other", 0.0) < 0.5 * summary.total_s
+    assert summary.total_s < 1.5 * summary.busy_s
