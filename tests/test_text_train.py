@@ -45,6 +45,7 @@ def test_text_training_resumes_exactly_and_evaluates(files, tmp_path, method):
     assert 0.0 <= acc <= 1.0 and results[-1]["eval/mlm/perplexity"] > 1.0
 
 
+@pytest.mark.slow  # 40 s; tests/test_sharding.py checks the same mesh equivalence on the image models
 def test_text_loss_is_the_same_on_every_mesh(files, tmp_path):
     """Data parallel (8,1,1) and data x FSDP x tensor (2,2,2) give the same first steps."""
     train_file, _, cache = files
@@ -60,6 +61,7 @@ def test_text_loss_is_the_same_on_every_mesh(files, tmp_path):
         np.testing.assert_allclose(losses[shape], losses[(8, 1, 1)], rtol=2e-5, err_msg=str(shape))
 
 
+@pytest.mark.slow  # 20 s; tests/convert/test_parity_bert.py checks the export itself
 def test_trained_bert_exports_to_hugging_face(files, tmp_path):
     """maskjax convert maskjax-to-hf-bert on a training workdir: HF logits equal maskjax's."""
     torch = pytest.importorskip("torch")
