@@ -225,7 +225,9 @@ def _media_model(kind: str, remat):
     return AudioMAE("mu/8", target_length=128, num_mel_bins=32, swin_depth=2, **common), spec, 64
 
 
-@pytest.mark.parametrize("kind", ["videomae", "mae_st", "audiomae"])
+# They share remat.run_blocks: MAE-ST runs by default, the other two under -m slow (20 s each).
+@pytest.mark.parametrize("kind", [pytest.param("videomae", marks=pytest.mark.slow), "mae_st",
+                                  pytest.param("audiomae", marks=pytest.mark.slow)])
 def test_media_models_take_every_remat_policy(kind):
     # The video/audio models share run_blocks with ViT/MAE: every policy, same loss and gradients.
     from maskjax.masking import mask_from_noise, uniform_noise
