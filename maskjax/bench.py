@@ -342,7 +342,6 @@ def bench_config(config, *, label: str, steps: int = 20, warmup: int = 3, synthe
         # marks[k] = completion of step k; the first warmup + 1 steps are untimed.
         step_s = [b - a for a, b in zip(marks[warmup:-1], marks[warmup + 1:])]
         data_s = data_s[warmup:warmup + steps]
-        total_s = step_s
         profile = None
         if profile_dir:
             from maskjax.profiling import format_summary, summarize_trace
@@ -368,13 +367,13 @@ def bench_config(config, *, label: str, steps: int = 20, warmup: int = 3, synthe
         "compute_dtype": config.compute_dtype, "compile_s": compile_s,
         "step_s_median": median, "step_s_min": min(step_s), "step_s_max": max(step_s),
         "steps": steps, "warmup": warmup,
-        "examples_per_s": examples, "examples_per_s_end_to_end": config.global_batch / statistics.median(total_s),
+        "examples_per_s": examples, "examples_per_s_end_to_end": examples,  # the batch transfer now overlaps the step
         "token": flops.token, "tokens_per_example": flops.tokens_per_example,
         "tokens_per_s": examples * flops.tokens_per_example,
         "analytic_flops": flops.train, "xla_flops": xla, "xla_over_analytic": xla / flops.train if xla else None,
         "achieved_tflops": achieved, "peak_tflops_per_device": per_device_peak,
         "mfu": achieved / (per_device_peak * mesh.size) if per_device_peak else None,
-        "data_wait": None if synthetic else sum(data_s) / sum(total_s), "synthetic_data": synthetic,
+        "data_wait": None if synthetic else sum(data_s) / sum(step_s), "synthetic_data": synthetic,
         "peak_bytes": mem_device if mem_device is not None else (mem_compiled or {}).get("total"),
         "peak_bytes_source": "device" if mem_device is not None else "compiled",
         "compiled_memory": mem_compiled, "final_loss": loss, "profile": profile,
@@ -417,11 +416,12 @@ def format_row(r: dict) -> str:
 
 LEGEND = """\
 Step time: interval between two consecutive step completions with the next batch transferred while a step
-runs, as in the trainer (median of the timed steps after warm-up). Tokens: mae = image patches (all L per image), bert/electra = text token positions (seq_len
-per block). FLOPs: analytic = matmuls at 2 FLOPs per multiply-add, training = 3 x forward (maskjax/flops.py);
-XLA = compiled.cost_analysis() x devices (adds elementwise and optimizer work). MFU = analytic TFLOP/s over
-the device peak (n/a where unknown, e.g. CPU without --peak-tflops). Data wait = time in next(iterator) /
-loop time with the real input pipeline."""
+runs, as in the trainer (median of the timed steps after warm-up). Tokens: mae = image patches (all L per
+image), bert/electra = text token positions (seq_len per block). FLOPs: analytic = matmuls at 2 FLOPs per
+multiply-add, training = 3 x forward (maskjax/flops.py); XLA = compiled.cost_analysis() x devices (adds
+elementwise and optimizer work). MFU = analytic TFLOP/s over the device peak (n/a where unknown, e.g. CPU
+without --peak-tflops). Data wait = time reading and transferring batches / loop time with the real input
+pipeline."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -458,9 +458,7 @@ def main(argv: list[str] | None = None) -> int:
             from maskjax.train.compile_cache import enable_compile_cache
 
             enable_compile_cache(args.compile_cache or config.get("compile_cache_dir"))
-            trace_dir = None
-            if args.profile:
-                trace_dir = os.path.join(args.profile, f"row{len(rows)}")
+            trace_dir = os.path.join(args.profile, f"row{len(rows)}") if args.profile else None
             row = bench_config(config, label=spec, steps=args.steps, warmup=args.warmup,
                                synthetic=args.synthetic_data, workdir=args.workdir, peak=args.peak_tflops,
                                profile_dir=trace_dir, profile_steps=args.profile_steps)

@@ -21,19 +21,20 @@ def _check_method(config, errors: list[str]) -> None:
     check = getattr(factory, "check_config", None)
     if check is not None:
         check(config, errors)
-    get_modality(getattr(factory, "modality", "image")).check(config, errors)
+    modality = getattr(factory, "modality", "image")
+    get_modality(modality).check(config, errors)
+    _check_attention(config, modality, errors)
 
 
-def _check_attention(config, errors: list[str]) -> None:
+def _check_attention(config, modality: str, errors: list[str]) -> None:
     # A wrong attention_impl would otherwise fail while tracing the step, deep inside JAX.
-    from maskjax.methods import method_class
     from maskjax.models.layers import ATTENTION_IMPLS, on_cuda
 
     impl = config.get("model", {}).get("attention_impl")
     if impl is None:
         return
-    text = getattr(method_class(config.method), "modality", "image") == "text"
-    allowed = ("xla", "cudnn") if text else ATTENTION_IMPLS  # BERT/ELECTRA attention takes a padding mask
+    # BERT/ELECTRA attention takes a padding mask, which only these two cores accept.
+    allowed = ("xla", "cudnn") if modality == "text" else ATTENTION_IMPLS
     if impl not in allowed:
         errors.append(f"model.attention_impl={impl!r} is not available for {config.method}; use None or one of "
                       f"{allowed}")
@@ -100,7 +101,6 @@ def validate_config(config, num_devices: int | None = None, process_count: int |
         errors.append("checkpoint.data_state_mismatch must be 'error' or 'reset'")
     if known:
         _check_method(config, errors)
-        _check_attention(config, errors)
     _check_evals(config, errors)
     _check_batch(config, errors, num_devices, process_count)
     if errors:
