@@ -4,7 +4,8 @@
 - a scanned MAE (``model.scan_layers``) given the unscanned weights (stacked with
   ``stack_layers``) computes the same outputs and gradients; it trains, checkpoints and
   resumes; the converter refuses a scanned run with a clear message;
-- ``--compile_cache`` / ``config.compile_cache_dir`` switch on JAX's persistent cache.
+- ``--compile_cache`` / ``config.compile_cache_dir`` switch on JAX's persistent cache;
+- the CPU matmul and the GPU GELU backward (hand-written backward passes) match autodiff.
 """
 
 from __future__ import annotations
@@ -206,6 +207,53 @@ def test_gelu_erf_matches_exact_gelu():
     np.testing.assert_allclose(gelu_erf(x), jax.nn.gelu(x, approximate=False), atol=1e-6)
     np.testing.assert_allclose(jax.grad(lambda v: jnp.sum(gelu_erf(v)))(x),
                                jax.grad(lambda v: jnp.sum(jax.nn.gelu(v, approximate=False)))(x), atol=2e-6)
+
+
+@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
+def test_split_gelu_backward_matches_autodiff(dtype, tol):
+    # dense_gelu through linear.bias_gelu_erf (the GPU default) against gelu_erf(layer(x)) by autodiff:
+    # the same value; the same kernel, bias and input gradients (bf16: its float32 derivative is
+    # at least as exact as autodiff's bf16 one, so they agree to bf16 rounding).
+    from maskjax.models.layers import dense, dense_gelu
+
+    layer = dense(24, 40, ("embed", "mlp"), rngs=nnx.Rngs(0), dtype=dtype)
+    layer.bias[...] = jnp.linspace(-1.0, 1.0, 40)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 7, 24), dtype=np.float32))
+    w = jnp.asarray(np.random.default_rng(1).standard_normal((3, 7, 40), dtype=np.float32))
+    graphdef, params = nnx.split(layer, nnx.Param)
+
+    def loss(p, x, split):
+        return jnp.sum(dense_gelu(nnx.merge(graphdef, p), x, split_backward=split).astype(jnp.float32) * w)
+
+    for split in (True, False):
+        assert ("name=bias_gelu_erf" in str(jax.make_jaxpr(lambda p: loss(p, x, split))(params))) == split
+    np.testing.assert_array_equal(loss(params, x, True), loss(params, x, False))
+    ours, ref = (jax.grad(loss, argnums=(0, 1))(params, x, split) for split in (True, False))
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
+        scale = float(jnp.abs(b).max())
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), atol=tol * scale)
+
+
+def test_mlp_and_bert_ffn_take_the_split_gelu_backward_when_enabled(monkeypatch):
+    # On GPUs (use_split_gelu_backward) the ViT Mlp and BERT's "gelu" FFN go through bias_gelu_erf;
+    # BERT's "gelu_tanh" keeps its own activation.
+    from maskjax.models import bert, linear
+    from maskjax.models.layers import Mlp
+
+    x = jnp.ones((2, 3, 16))
+    mlp = Mlp(16, 32, rngs=nnx.Rngs(0))
+    cfg = lambda act: bert.text_config("Tiny", hidden=16, heads=2, ffn=32, vocab_size=50, hidden_act=act)
+    layers = {act: bert.BertLayer(cfg(act), rngs=nnx.Rngs(0)) for act in ("gelu", "gelu_tanh")}
+    mask = jnp.ones((2, 3), jnp.int32)
+    # New callables for each trace: make_jaxpr caches traces by function.
+    jaxprs = lambda: {"mlp": str(jax.make_jaxpr(lambda: mlp(x))()),
+                      **{act: str(jax.make_jaxpr(lambda m=m: m(x, mask))()) for act, m in layers.items()}}
+    before = jaxprs()
+    monkeypatch.setattr(linear, "use_split_gelu_backward", lambda: True)
+    after = jaxprs()
+    assert not any("name=bias_gelu_erf" in j for j in before.values())
+    assert "name=bias_gelu_erf" in after["mlp"] and "name=bias_gelu_erf" in after["gelu"]
+    assert "name=bias_gelu_erf" not in after["gelu_tanh"]
 
 
 def _media_model(kind: str, remat):

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from maskjax.models.layers import dense, gelu_erf, layer_norm
+from maskjax.models.layers import dense, dense_gelu, gelu_erf, layer_norm
 from maskjax.models.remat import maybe_remat_core, remat_block, resolve_remat
 
 BERT_LN_EPS = 1e-12
@@ -285,7 +285,9 @@ class BertLayer(nnx.Module):
                       keep=keep_p, rate=cfg.attention_dropout, impl=self.attention_impl)
         a = self.attention_out(a.reshape(b, l, h))
         x = self.attention_norm(x + dropout(a, keep_a, cfg.dropout))
-        y = self.ffn_out(activation(cfg.hidden_act)(self.ffn_in(x)))
+        hidden = (dense_gelu(self.ffn_in, x) if cfg.hidden_act == "gelu"
+                  else activation(cfg.hidden_act)(self.ffn_in(x)))
+        y = self.ffn_out(hidden)
         return self.output_norm(x + dropout(y, keep_f, cfg.dropout))
 
 

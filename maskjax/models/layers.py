@@ -52,6 +52,25 @@ class Dense(nnx.Linear):
             y = super().__call__(x, out_sharding)
         return y.reshape(inputs.shape[:-1] + (y.shape[-1],))
 
+    def unbiased(self, inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``(inputs @ kernel, bias)`` in the compute dtype: the layer without its bias added."""
+        x, kernel, bias = self.promote_dtype((inputs, self.kernel[...], self.bias[...]), dtype=self.dtype)
+        y = x.reshape(-1, x.shape[-1]) @ kernel
+        return y.reshape(inputs.shape[:-1] + (y.shape[-1],)), bias
+
+
+def dense_gelu(layer: Dense, x: jax.Array, *, split_backward: bool | None = None) -> jax.Array:
+    """Exact GELU of a biased :class:`Dense` layer's output: ``gelu_erf(layer(x))``.
+
+    ``split_backward`` (None: on GPUs, :func:`linear.use_split_gelu_backward`) computes it through
+    :func:`linear.bias_gelu_erf`, whose backward pass XLA:GPU runs faster; the value is the same.
+    """
+    if split_backward is None:
+        split_backward = linear.use_split_gelu_backward()
+    if split_backward and layer.bias is not None:
+        return linear.bias_gelu_erf(*layer.unbiased(x))
+    return gelu_erf(layer(x))
+
 
 def dense(
     in_features: int,
@@ -219,7 +238,7 @@ class Mlp(nnx.Module):
         self.fc2 = dense(hidden, dim, ("mlp", "embed"), rngs=rngs, dtype=dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.fc2(gelu_erf(self.fc1(x)))
+        return self.fc2(dense_gelu(self.fc1, x))
 
 
 def gelu_erf(x: jax.Array) -> jax.Array:
