@@ -64,6 +64,19 @@ def test_sharded_loss_and_grads_match_one_device(reference, shape):
         np.testing.assert_allclose(b, a, rtol=2e-4, atol=1e-6)
 
 
+def test_gpu_gelu_backward_shards_like_autodiff(reference, monkeypatch):
+    # The GPU default (linear.bias_gelu_erf's hand-written backward) on a data x fsdp x tensor mesh
+    # gives the one-device autodiff loss and gradients: its bias-gradient sum runs over sharded tokens.
+    from maskjax.models import linear
+
+    monkeypatch.setattr(linear, "use_split_gelu_backward", lambda: True)
+    config, (loss1, grads1) = reference
+    loss, grads = _grads(config, dict(data=2, fsdp=2, tensor=2))
+    assert loss == pytest.approx(loss1, rel=1e-5)
+    for a, b in zip(jax.tree.leaves(grads1), jax.tree.leaves(grads)):
+        np.testing.assert_allclose(b, a, rtol=2e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("accum", [2, 4])
 def test_grad_accumulation_matches_one_big_batch(reference, accum):
     config, (loss1, grads1) = reference
