@@ -241,14 +241,7 @@ class Mlp(nnx.Module):
         return self.fc2(dense_gelu(self.fc1, x))
 
 
-def gelu_erf(x: jax.Array) -> jax.Array:
-    """Exact GELU as ``torch.nn.GELU``: ``0.5 x (1 + erf(x / sqrt 2))``.
-
-    ``jax.nn.gelu(approximate=False)`` computes the same function through ``erfc``, whose XLA:CPU
-    lowering evaluates both branches of a select; fused into the block it costs several times
-    more than this ``erf`` form (docs/performance.md). Values agree to float32 rounding.
-    """
-    return 0.5 * x * (1.0 + jax.lax.erf(x * jnp.asarray(1.0 / math.sqrt(2.0), x.dtype)))
+gelu_erf = linear.gelu_erf  # re-exported: the blocks' activation (defined beside its fused backward)
 
 
 class Block(nnx.Module):

@@ -1,13 +1,16 @@
 """Linear-layer pieces with hand-written backward passes, each for one backend's weak spot.
 
-:func:`matmul_cpu`: a 2-D matmul whose backward pass is laid out for XLA:CPU's fast GEMM path.
+:func:`bias_gelu_erf`: exact GELU of a biased output, with a backward pass XLA:GPU runs faster
+(and :func:`gelu_erf`, the exact GELU itself). :func:`matmul_cpu`: a 2-D matmul whose backward pass
+is laid out for XLA:CPU's fast GEMM path.
 
-The kernel gradient of ``y = x @ w`` is ``x^T @ g``: a dot contracting the *leading* (batch x
-tokens) dimension of both operands. XLA:CPU (jax 0.10) runs that form through a slow path, about
-1.5-1.8x slower than the same product with a row-major left operand (measured on one core of the
-2-core AMD EPYC of docs/performance.md: [3152, 512]^T @ [3152, 2048] 175 ms vs 105 ms after
-transposing x first). The custom backward transposes the narrower operand explicitly (a cheap
-copy) and keeps XLA from folding that transpose back into the dot with ``optimization_barrier``.
+Why :func:`matmul_cpu`: the kernel gradient of ``y = x @ w`` is ``x^T @ g``, a dot contracting the
+*leading* (batch x tokens) dimension of both operands. XLA:CPU (jax 0.10) runs that form through a
+slow path, about 1.5-1.8x slower than the same product with a row-major left operand (measured on
+one core of the 2-core AMD EPYC of docs/performance.md: [3152, 512]^T @ [3152, 2048] 175 ms vs 105
+ms after transposing x first). The custom backward transposes the narrower operand explicitly (a
+cheap copy) and keeps XLA from folding that transpose back into the dot with
+``optimization_barrier``.
 
 Used by :class:`maskjax.models.layers.Dense` on the CPU backend only: GPU and TPU matmul units take
 transposed operands at full speed, where the extra copy would only cost.
@@ -51,9 +54,19 @@ def use_cpu_matmul() -> bool:
     return jax.default_backend() == "cpu"
 
 
+def gelu_erf(x: jax.Array) -> jax.Array:
+    """Exact GELU as ``torch.nn.GELU``: ``0.5 x (1 + erf(x / sqrt 2))``.
+
+    ``jax.nn.gelu(approximate=False)`` computes the same function through ``erfc``, whose XLA:CPU
+    lowering evaluates both branches of a select; fused into the block it costs several times
+    more than this ``erf`` form (docs/performance.md). Values agree to float32 rounding.
+    """
+    return 0.5 * x * (1.0 + jax.lax.erf(x * jnp.asarray(1.0 / math.sqrt(2.0), x.dtype)))
+
+
 @jax.custom_vjp
 def bias_gelu_erf(h: jax.Array, bias: jax.Array) -> jax.Array:
-    """Exact GELU of ``h + bias`` (``bias`` over the last axis), as ``layers.gelu_erf(h + bias)``.
+    """Exact GELU of ``h + bias`` (``bias`` over the last axis), as ``gelu_erf(h + bias)``.
 
     Same value; the backward pass differs in how it is laid out for XLA:GPU. Left to autodiff,
     XLA fuses the GELU derivative with the bias gradient's column sum into one multi-output
@@ -62,16 +75,11 @@ def bias_gelu_erf(h: jax.Array, bias: jax.Array) -> jax.Array:
     the step). Here the derivative is a plain elementwise kernel (computed in float32) and the sum
     a separate one: on the H100 the two take 163 us (docs/performance.md, "speed work").
     """
-    return _gelu_erf(h + bias)
-
-
-def _gelu_erf(x: jax.Array) -> jax.Array:
-    # The same ops as maskjax.models.layers.gelu_erf (imported there would be circular).
-    return 0.5 * x * (1.0 + jax.lax.erf(x * jnp.asarray(1.0 / math.sqrt(2.0), x.dtype)))
+    return gelu_erf(h + bias)
 
 
 def _bias_gelu_fwd(h, bias):
-    return _gelu_erf(h + bias), (h, bias)
+    return gelu_erf(h + bias), (h, bias)
 
 
 def _bias_gelu_bwd(residuals, g):
