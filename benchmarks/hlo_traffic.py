@@ -89,7 +89,8 @@ def traffic(text: str) -> dict:
         read = 0
         for ref, index in OPERAND.findall(args):
             parts = sizes.get(ref, [])
-            read += parts[int(index)] if index is not None and index != "" and int(index) < len(parts) else sum(parts)
+            # `%name#k` reads element k of a tuple result; a plain `%name` reads all of it.
+            read += parts[int(index)] if index and int(index) < len(parts) else sum(parts)
         kernels.append({"name": name, "kind": kind, "read": read, "written": sum(sizes[name])})
     return {"kernels": kernels}
 
