@@ -36,7 +36,6 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PROTOCOL = "@@"  # worker lines carrying JSON start with this; anything else on stdout is ignored
@@ -264,14 +263,20 @@ def disable_cpu_layout_tweaks() -> None:
 def worker_main(args) -> int:
     """A worker: build, compile, report ready, then run rounds on request until ``quit``."""
     pin_threads(args.threads)
+    malloc = "default"
     if args.worker == "ours" and args.no_cpu_tweaks:
         disable_cpu_layout_tweaks()
+    elif args.worker == "ours":
+        from maskjax.host_memory import tune_malloc
+
+        # What `maskjax train` does first (docs/performance.md, "Page faults"); MASKJAX_TUNE_MALLOC=0: off.
+        malloc = tune_malloc()
     config = load_case(args.case, args.batch, args.attention_impl, args.override)
     clock = time.process_time if args.clock == "process" else time.perf_counter
     runner = OursRunner(config) if args.worker == "ours" else HFRunner(config, args.hf_attention, args.threads)
     runner.clock = clock
     _send({"ready": True, "compile_s": runner.compile_s, "params": runner.params,
-           "attention": getattr(runner, "attn", config.model.get("attention_impl"))})
+           "attention": getattr(runner, "attn", config.model.get("attention_impl")), "malloc": malloc})
     for line in sys.stdin:
         command = line.strip()
         if command == "quit":
@@ -489,6 +494,7 @@ def main(argv: list[str] | None = None) -> int:
           f"after {', '.join(f'{x:.2f}' for x in load_after)}")
     for r in results:
         print(f"- {r['case']}: ours attention {r['ours']['attention']!r}, HF attention {r['hf']['attention']!r}; "
+              f"ours glibc malloc tuning: {r['ours']['malloc']}; "
               f"trainable params ours {r['ours']['params']:,}, HF {r['hf']['params']:,}; "
               f"last loss ours {r['losses']['ours']:.4f}, HF {r['losses']['hf']:.4f}")
     print(f"- command: `{command}`")

@@ -30,6 +30,11 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0 if len(argv) >= 2 else 2
     command, rest = argv[1], argv[2:]
+    if command in ("train", "eval", "bench", "repro"):
+        # Before anything starts JAX's backends (docs/performance.md, "Page faults").
+        from maskjax.host_memory import tune_malloc
+
+        tune_malloc()
     if command == "train":
         from maskjax.train.cli import run
 
