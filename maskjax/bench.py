@@ -478,4 +478,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from maskjax.host_memory import tune_malloc
+
+    tune_malloc()  # before JAX starts its backends, as `maskjax bench` does
     sys.exit(main())
