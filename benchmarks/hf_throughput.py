@@ -30,6 +30,7 @@ import argparse
 import dataclasses
 import json
 import os
+import resource
 import pathlib
 import platform
 import statistics
@@ -283,8 +284,10 @@ def worker_main(args) -> int:
             break
         warmup, steps = (int(x) for x in command.split())
         runner.run(warmup)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         times = runner.run(steps)
-        _send({"step_s": times, "loss": runner.loss})
+        faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / max(steps, 1)
+        _send({"step_s": times, "loss": runner.loss, "faults": faults})
     return 0
 
 
@@ -353,12 +356,14 @@ def measure_case(case: str, args, say) -> dict:
             workers[side] = Worker(side, case, args)
         rates: dict[str, list[float]] = {"ours": [], "hf": []}
         losses = {}
+        faults: dict[str, list[float]] = {"ours": [], "hf": []}
         for r in range(args.rounds):
             order = ("ours", "hf") if r % 2 == 0 else ("hf", "ours")
             for side in order:
                 out = workers[side].round(args.warmup, args.steps)
                 rates[side].append(batch / statistics.median(out["step_s"]))
                 losses[side] = out["loss"]
+                faults[side].append(out["faults"])
             say(f"{case}: round {r + 1}/{args.rounds}: ours {rates['ours'][-1]:.2f}/s, "
                 f"HF {rates['hf'][-1]:.2f}/s")
     finally:
@@ -366,7 +371,8 @@ def measure_case(case: str, args, say) -> dict:
             w.close()
     ratios = [o / h for o, h in zip(rates["ours"], rates["hf"])]
     return {"case": case, "what": CASES[case].what, "batch": batch, "rates": rates, "ratios": ratios,
-            "losses": losses, "ours": workers["ours"].info, "hf": workers["hf"].info}
+            "losses": losses, "faults": {k: statistics.median(v) for k, v in faults.items()},
+            "ours": workers["ours"].info, "hf": workers["hf"].info}
 
 
 def commit_id() -> str:
@@ -496,7 +502,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"- {r['case']}: ours attention {r['ours']['attention']!r}, HF attention {r['hf']['attention']!r}; "
               f"ours glibc malloc tuning: {r['ours']['malloc']}; "
               f"trainable params ours {r['ours']['params']:,}, HF {r['hf']['params']:,}; "
-              f"last loss ours {r['losses']['ours']:.4f}, HF {r['losses']['hf']:.4f}")
+              f"last loss ours {r['losses']['ours']:.4f}, HF {r['losses']['hf']:.4f}; "
+              f"minor page faults per timed step (median of rounds) ours {r['faults']['ours']:,.0f}, "
+              f"HF {r['faults']['hf']:,.0f}")
     print(f"- command: `{command}`")
     if args.json:
         with open(args.json, "w") as f:
