@@ -5,7 +5,7 @@ outputs per execution with ``malloc`` and frees them afterwards. glibc returns l
 kernel when they are freed (``mmap``-backed blocks above ``M_MMAP_THRESHOLD``, the per-thread
 arenas' heaps by trimming), so the next step gets fresh pages and the kernel zero-fills each on
 first touch: about 77,000 minor page faults per step of the CIFAR-10 quick-start recipe on one
-core, against about 13,000 for Hugging Face's PyTorch MAE. With one arena, no ``mmap`` and no
+core, against 13,000 to 27,000 for Hugging Face's PyTorch MAE. With one arena, no ``mmap`` and no
 trimming, freed blocks stay in the process and the next step reuses them.
 
 The settings have to be made before JAX starts its CPU backend: its thread pool's threads attach
