@@ -30,9 +30,9 @@ import argparse
 import dataclasses
 import json
 import os
-import resource
 import pathlib
 import platform
+import resource
 import statistics
 import subprocess
 import sys
