@@ -72,6 +72,17 @@ def test_blockwise_never_materialises_full_scores():
     assert mem(fn) < b * h * t * t * 4 / 4 < mem(plain)
 
 
+def test_default_chunks_bound_memory_for_many_batch_heads():
+    # 64 batch-heads of 512 tokens: the full float32 scores take 64 MiB; the default chunking
+    # (DEFAULT_TILE_BYTES of scores per chunk) must keep the step's temporaries well below that.
+    b, t, h, d = 16, 512, 4, 8
+    q, k, v = _qkv(b, t, h, d)
+    w = jnp.ones((b, t, h, d))
+    temp = jax.jit(lambda *a: _grads(blockwise_attention, *a, w)).lower(q, k, v).compile().memory_analysis()
+    full_scores = b * h * t * t * 4
+    assert temp.temp_size_in_bytes < full_scores / 4
+
+
 def test_bhtd_matches_reference():
     q, k, v = _qkv(2, 65, 4, 24)
     np.testing.assert_allclose(bhtd_attention(q, k, v), _numpy_attention(q, k, v), atol=2e-5, rtol=1e-5)
