@@ -193,13 +193,17 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
 def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, block_q: int = DEFAULT_BLOCK_Q,
-                        block_k: int = DEFAULT_BLOCK_K, tile_bytes: int = DEFAULT_TILE_BYTES) -> jax.Array:
+                        block_k: int = DEFAULT_BLOCK_K, tile_bytes: int | None = None) -> jax.Array:
     """Memory-efficient softmax attention on [B, T, H, D] inputs (any T; no mask, no dropout).
 
     Equals ``jax.nn.dot_product_attention(q, k, v)`` in value and gradient. Scores live in tiles
     of at most ``block_q`` x ``block_k`` per batch-head; batch-heads are processed in chunks
     whose float32 tiles take about ``tile_bytes``, so peak memory is O(tile_bytes), not O(T^2).
+    ``tile_bytes`` None reads the module's ``DEFAULT_TILE_BYTES`` when traced (which
+    ``benchmarks/step_ab.py`` varies).
     """
+    if tile_bytes is None:
+        tile_bytes = DEFAULT_TILE_BYTES
     if q.ndim != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
         raise ValueError(f"blockwise_attention expects q [B, Tq, H, D] and k, v [B, Tk, H, D]; got "
                          f"{q.shape}, {k.shape}, {v.shape}")
