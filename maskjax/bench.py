@@ -18,7 +18,7 @@ FLOPs: ``maskjax.flops`` (analytic, matmuls only, training = 3 x forward) and XL
 ``compiled.cost_analysis()["flops"]``. The latter describes the SPMD-partitioned per-device
 program, so it is multiplied by the number of devices to compare with the global count. XLA counts
 a loop body once: scanned layers (``model.scan_layers``) and the blockwise attention (the CPU default
-from 64 keys, a loop over batch x head chunks) make its count lower than the analytic one.
+from 128 keys, a loop over batch x head chunks) make its count lower than the analytic one.
 """
 
 from __future__ import annotations

@@ -125,6 +125,8 @@ def test_cpu_default_is_blockwise_for_long_sequences():
 
     assert jax.default_backend() == "cpu"
     assert default_attention_impl(CPU_BLOCKWISE_MIN_KEYS) == "blockwise" and default_attention_impl(50) is None
+    # The measured cases: the 197-token ViT-S/16 MAE decoder blockwise, the 65-token CIFAR one XLA.
+    assert default_attention_impl(197) == "blockwise" and default_attention_impl(65) is None
     q, k, v = _qkv(1, CPU_BLOCKWISE_MIN_KEYS + 3, 1, 4)
     jaxpr = str(jax.make_jaxpr(lambda q, k, v: attend(q, k, v))(q, k, v))
     assert "custom_vjp" in jaxpr  # the blockwise core

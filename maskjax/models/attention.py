@@ -34,8 +34,8 @@ import jax.numpy as jnp
 DEFAULT_BLOCK_Q = 256
 DEFAULT_BLOCK_K = 256
 # Bytes of float32 scores per batch x heads chunk. 4 MiB, not a core's L2 (256 KiB, the earlier
-# default): on the 2-core CPU of docs/performance.md the whole train step ran 9-11 % faster on two
-# threads for ViT-S/16 at 224 and 7 % for the CIFAR recipe, and was no slower on one core.
+# default): on the 2-core CPU of docs/performance.md the whole ViT-S/16 MAE train step ran about
+# 9 % faster on two threads (benchmarks/step_ab.py), and within +-3 % on one core.
 DEFAULT_TILE_BYTES = 4 * 1024 * 1024
 
 

@@ -138,10 +138,14 @@ def sincos_2d(dim: int, grid_h: int, grid_w: int, cls_token: bool = False) -> np
 ATTENTION_IMPLS = ("xla", "cudnn", "blockwise", "bhtd")
 
 
-# On the CPU backend, attention_impl=None picks "blockwise" from this many keys on: measured faster
-# than XLA's attention for the 65- and 197-token MAE decoders of docs/performance.md (core and
-# whole block, forward + backward), equal or slower for the 17- and 50-token encoders.
-CPU_BLOCKWISE_MIN_KEYS = 64
+# On the CPU backend, attention_impl=None picks "blockwise" from this many keys on. Whole train
+# steps on two threads (docs/performance.md, "Attention chunk size and the CPU default"): faster
+# than XLA's attention for the 197-token ViT-S/16 MAE decoder, slower by 4-7 % for the 65-token
+# CIFAR decoder, whose float32 scores (8.6 MB per layer at batch 128) are small enough to
+# materialise; XLA's attention was already as fast for the 17- and 50-token encoders. (It was 64
+# until single-core measurements were replaced by two-thread ones: on one core the blockwise
+# CIFAR decoder is 3-5 % faster.)
+CPU_BLOCKWISE_MIN_KEYS = 128
 # On NVIDIA GPUs, attention_impl=None picks cuDNN's fused kernel from this many keys on. 0: on an
 # H100 cuDNN also beat XLA for the 50-token MAE ViT-L encoder (docs/performance.md, H100 row 8).
 GPU_CUDNN_MIN_KEYS = 0
@@ -173,7 +177,7 @@ def on_cuda() -> bool:
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, impl: str | None = None) -> jax.Array:
     """Scaled dot-product attention core on [B, T, H, Dh] inputs (no mask, no dropout).
 
-    ``impl`` None picks :func:`default_attention_impl` (on CPU "blockwise" for 64 keys or more, on
+    ``impl`` None picks :func:`default_attention_impl` (on CPU "blockwise" for 128 keys or more, on
     NVIDIA GPUs "cudnn" for bf16/fp16, otherwise ``jax.nn.dot_product_attention``'s own choice);
     "cudnn" forces the fused cuDNN kernel (odd lengths padded, :func:`attention.cudnn_attention`);
     "xla" the plain einsum lowering; "blockwise" the memory-efficient online-softmax attention with
