@@ -20,6 +20,7 @@ One core, process time: add ``--clock process`` and run under ``taskset -c 1`` w
 from __future__ import annotations
 
 import argparse
+import pathlib
 import statistics
 import sys
 import time
@@ -93,5 +94,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # for `import hf_throughput`
     sys.exit(main())

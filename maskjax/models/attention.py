@@ -35,7 +35,7 @@ DEFAULT_BLOCK_Q = 256
 DEFAULT_BLOCK_K = 256
 # Bytes of float32 scores per batch x heads chunk. 4 MiB, not a core's L2 (256 KiB, the earlier
 # default): on the 2-core CPU of docs/performance.md the whole ViT-S/16 MAE train step ran about
-# 9 % faster on two threads (benchmarks/step_ab.py), and within +-3 % on one core.
+# 9 % faster on two threads (benchmarks/step_ab.py), and within a few % on one core.
 DEFAULT_TILE_BYTES = 4 * 1024 * 1024
 
 

@@ -144,7 +144,7 @@ ATTENTION_IMPLS = ("xla", "cudnn", "blockwise", "bhtd")
 # CIFAR decoder, whose float32 scores (8.6 MB per layer at batch 128) are small enough to
 # materialise; XLA's attention was already as fast for the 17- and 50-token encoders. (It was 64
 # until single-core measurements were replaced by two-thread ones: on one core the blockwise
-# CIFAR decoder is 3-5 % faster.)
+# CIFAR decoder is 2-5 % faster.)
 CPU_BLOCKWISE_MIN_KEYS = 128
 # On NVIDIA GPUs, attention_impl=None picks cuDNN's fused kernel from this many keys on. 0: on an
 # H100 cuDNN also beat XLA for the 50-token MAE ViT-L encoder (docs/performance.md, H100 row 8).
