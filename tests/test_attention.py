@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from maskjax.models.attention import balanced_block, bhtd_attention, blockwise_attention
+from maskjax.models.attention import balanced_block, bhtd_attention, blockwise_attention, prescaled_attention
 from maskjax.models.layers import ATTENTION_IMPLS, attend
 
 
@@ -90,6 +90,25 @@ def test_bhtd_matches_reference():
     ref = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla")
     for got, want in zip(_grads(bhtd_attention, q, k, v, w), _grads(ref, q, k, v, w)):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_prescaled_matches_reference_and_scales_no_score_tensor():
+    q, k, v = _qkv(2, 65, 4, 24)
+    np.testing.assert_allclose(prescaled_attention(q, k, v), _numpy_attention(q, k, v), atol=2e-5, rtol=1e-5)
+    w = jnp.ones(q.shape)
+    ref = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla")
+    for got, want in zip(_grads(prescaled_attention, q, k, v, w), _grads(ref, q, k, v, w)):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
+    # The point: no multiply by the 1/sqrt(D) scale is left on a [B, H, T, T] tensor (forward or
+    # backward) once XLA has optimised the step; JAX's own lowering has one in each direction.
+    def score_scalings(fn):
+        opt = jax.jit(lambda *a: _grads(fn, *a, w)).lower(q, k, v).compile().as_text()
+        scale = f"{1 / np.sqrt(24):.6f}"[:7]   # 0.20412
+        consts = {line.split(" = ")[0].strip() for line in opt.splitlines() if f"constant({scale}" in line}
+        return [line for line in opt.splitlines() if "65,65]" in line and any(c + ")" in line or c + "," in line
+                                                                                 for c in consts)]
+    assert score_scalings(prescaled_attention) == []
+    assert score_scalings(ref)
 
 
 def test_blockwise_bfloat16_close_to_float32():

@@ -19,7 +19,11 @@ blocks of 99) and the padding of the last block gets zero probability.
 ``bhtd_attention`` is plain softmax attention computed in the [B, H, T, D] layout with the
 1/sqrt(D) scale folded into q (one multiply of [T, D] instead of [T, T]).
 
-Both take [B, T, H, D] inputs like ``jax.nn.dot_product_attention`` (no mask, no dropout) and
+``prescaled_attention`` is ``jax.nn.dot_product_attention`` with the same folding: JAX's XLA
+lowering multiplies the [B, H, T, T] scores by the scale, which XLA:CPU materialises as a
+broadcast constant of the scores' size in the forward and again in the backward pass.
+
+All take [B, T, H, D] inputs like ``jax.nn.dot_product_attention`` (no mask, no dropout) and
 return [B, T, H, D] in the inputs' dtype; scores, softmax and accumulators are float32.
 """
 
@@ -51,6 +55,14 @@ def bhtd_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     s = _f32_einsum("bhqd,bhkd->bhqk", qh, kh)
     p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
     return jnp.einsum("bhqk,bhkd->bqhd", p, vh)
+
+
+def prescaled_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None,
+                        implementation: str | None = None) -> jax.Array:
+    """``jax.nn.dot_product_attention`` (optional boolean ``mask``) with the 1/sqrt(D) scale applied
+    to q ([B, T, H, D]) instead of the [B, H, T, T] scores (XLA drops the remaining multiply by 1)."""
+    scale = jnp.asarray(1.0 / math.sqrt(q.shape[-1]), q.dtype)
+    return jax.nn.dot_product_attention(q * scale, k, v, mask=mask, scale=1.0, implementation=implementation)
 
 
 def balanced_block(length: int, max_block: int) -> int:

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from maskjax.models.attention import prescaled_attention
 from maskjax.models.layers import dense, dense_gelu, gelu_erf, layer_norm
 from maskjax.models.remat import maybe_remat_core, remat_block, resolve_remat
 
@@ -221,9 +222,11 @@ def _attention_core(q, k, v, input_mask, keep, rate: float, impl: str | None) ->
     if keep is None:
         if impl == "cudnn":  # cuDNN wants the mask with its full query and key lengths
             mask = jnp.broadcast_to(mask, (q.shape[0], 1, q.shape[1], k.shape[1]))
-        return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
-    scale = 1.0 / jnp.sqrt(jnp.asarray(q.shape[-1], jnp.float32))
-    logits = jnp.einsum("bqnd,bknd->bnqk", q, k).astype(jnp.float32) * scale
+            return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
+        return prescaled_attention(q, k, v, mask=mask, implementation=impl)
+    # The 1/sqrt(D) scale on q ([B, L, N, D]), not on the [B, N, L, L] scores (see prescaled_attention).
+    q = q * jnp.asarray(1.0 / math.sqrt(q.shape[-1]), q.dtype)
+    logits = jnp.einsum("bqnd,bknd->bnqk", q, k).astype(jnp.float32)
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     probs = dropout(jax.nn.softmax(logits, axis=-1).astype(q.dtype), keep, rate)
     return jnp.einsum("bnqk,bknd->bqnd", probs, v)

@@ -195,7 +195,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, impl: str | None = None) ->
     elif impl == "cudnn":
         core = attention.cudnn_attention
     else:
-        core = functools.partial(jax.nn.dot_product_attention, implementation=impl)
+        core = functools.partial(attention.prescaled_attention, implementation=impl)
     # Under the "attention" remat policy the core is recomputed in the backward pass (remat.py).
     return remat.maybe_remat_core(core)(q, k, v)
 
