@@ -8,13 +8,16 @@ pinned to one core (``taskset -c 1``) so both sides get the same single core:
   ``jax.nn.dot_product_attention``, ``bhtd`` and ``blockwise`` vs ``scaled_dot_product_attention``;
 - ``matmul``: the six matmuls of an MLP's forward and backward (default [3152, 512] x [512, 2048]:
   ViT-S decoder tokens), plain XLA and the layout of ``maskjax.models.linear.matmul_cpu``, vs torch;
+- ``bmm``: the attention cores' batched matmuls against one plain GEMM of the same FLOPs, JAX vs
+  ``torch.bmm``, by **wall clock** on all the process's cores (run it on one core and on two: the
+  batched matmuls of XLA:CPU do not use a second thread);
 - ``block``: a whole pre-LN block (``layers.Block``) with and without the CPU layout tweaks
   (``matmul_cpu`` + ``gelu_erf``), vs HF's ``ViTMAELayer``;
 - ``profile``: where one block's forward + backward spends its time, per XLA op (needs
   ``XLA_FLAGS=--xla_cpu_enable_xprof_traceme=true``, which the part sets), grouped into matmuls,
   attention loops, layout copies (transposes, pads, materialised broadcasts) and the rest.
 
-Usage: ``JAX_PLATFORMS=cpu taskset -c 1 python benchmarks/cpu_micro.py attention|matmul|block|profile [--reps 7]``
+Usage: ``JAX_PLATFORMS=cpu taskset -c 1 python benchmarks/cpu_micro.py attention|matmul|bmm|block|profile [--reps 7]``
 (``profile`` and ``matmul`` take ``--shape``, a key of ``SHAPES``; defaults "cifar_tiny decoder" and
 "vit_s16 decoder").
 """
@@ -33,8 +36,9 @@ SHAPES = {"vit_s16 decoder": (16, 197, 512, 16), "vit_s16 encoder": (16, 50, 384
           "cifar_tiny decoder": (128, 65, 96, 4), "cifar_tiny encoder": (128, 17, 96, 3)}
 
 
-def _time(fns: dict, reps: int) -> dict:
-    """Median CPU seconds per call of each zero-argument function, calls interleaved."""
+def _time(fns: dict, reps: int, clock=time.process_time) -> dict:
+    """Median seconds (of ``clock``, default process CPU time) per call of each zero-argument
+    function, calls interleaved."""
     import jax
 
     for f in fns.values():
@@ -42,9 +46,9 @@ def _time(fns: dict, reps: int) -> dict:
     times = {k: [] for k in fns}
     for _ in range(reps):
         for k, f in fns.items():
-            t0 = time.process_time()
+            t0 = clock()
             jax.block_until_ready(f())
-            times[k].append(time.process_time() - t0)
+            times[k].append(clock() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -114,6 +118,31 @@ def matmul(reps: int, shape: str = "vit_s16 decoder") -> None:
             fns["matmul_cpu layout"] = lambda f=jax.jit(layout): f(*args)
         fns["torch"] = lambda: plain(*targs)
         _print(f"matmul {label} [{n}, {d}, {f}]", _time(fns, reps))
+
+
+def bmm(reps: int) -> None:
+    """The attention cores' batched matmuls (QK^T and PV, batch = batch x heads) by wall clock on
+    all the cores this process may use, JAX vs ``torch.bmm``, each next to one plain GEMM of the
+    same FLOPs ([G*T, D] x [D, T]): run on one core and on two to see which of them scale."""
+    import jax
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    bmm_jax = jax.jit(lambda a, b: a @ b)
+    rng = np.random.default_rng(0)
+    for label, (b, t, d, h) in SHAPES.items():
+        g, dh = b * h, d // h
+        for what, (m, k, n) in (("QK^T", (t, dh, t)), ("PV", (t, t, dh))):
+            a, c = rng.standard_normal((g, m, k), dtype=np.float32), rng.standard_normal((g, k, n), dtype=np.float32)
+            flat = a.reshape(g * m, k)   # one GEMM, same FLOPs: [G*M, K] x [K, N]
+            ta, tc, tflat, tc0 = torch.tensor(a), torch.tensor(c), torch.tensor(flat), torch.tensor(c[0])
+            ja, jc, jflat, jc0 = (jax.device_put(x) for x in (a, c, flat, c[0]))  # no transfer in the timing
+            fns = {"jax bmm": lambda: bmm_jax(ja, jc), "jax gemm": lambda: bmm_jax(jflat, jc0),
+                   "torch bmm": lambda: torch.bmm(ta, tc), "torch gemm": lambda: tflat @ tc0}
+            res = _time(fns, reps, clock=time.perf_counter)
+            print(f"| {label} {what} [{g}, {m}, {k}] x [{g}, {k}, {n}] | " + " | ".join(
+                f"{1e3 * res[key]:.2f}" for key in fns) + f" | {res['jax bmm'] / res['torch bmm']:.2f} |", flush=True)
 
 
 def block(reps: int) -> None:
@@ -223,13 +252,18 @@ def profile(reps: int, shape: str) -> None:
 def main() -> None:
     """Runs one part (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("part", choices=("attention", "matmul", "block", "profile"))
+    p.add_argument("part", choices=("attention", "matmul", "bmm", "block", "profile"))
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--shape", default=None, choices=sorted(SHAPES), help="for profile and matmul")
     args = p.parse_args()
     if args.part == "profile":
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true").strip()
         return profile(args.reps, args.shape or "cifar_tiny decoder")
+    if args.part == "bmm":
+        print(f"threads: {len(os.sched_getaffinity(0))}; wall clock, median ms per call")
+        print("| batched matmul | jax bmm | jax gemm | torch bmm | torch gemm | jax / torch bmm |")
+        print("|---|---|---|---|---|---|")
+        return bmm(args.reps)
     import torch
 
     torch.set_num_threads(1)

@@ -285,9 +285,13 @@ def worker_main(args) -> int:
         warmup, steps = (int(x) for x in command.split())
         runner.run(warmup)
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        cpu0, wall0 = time.process_time(), time.perf_counter()
         times = runner.run(steps)
+        # CPU seconds of all this process's threads per wall second: how many cores the step kept
+        # busy (spin-waiting threads count as busy; sleeping ones do not).
+        busy = (time.process_time() - cpu0) / max(time.perf_counter() - wall0, 1e-9)
         faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / max(steps, 1)
-        _send({"step_s": times, "loss": runner.loss, "faults": faults})
+        _send({"step_s": times, "loss": runner.loss, "faults": faults, "cores_busy": busy})
     return 0
 
 
@@ -357,6 +361,7 @@ def measure_case(case: str, args, say) -> dict:
         rates: dict[str, list[float]] = {"ours": [], "hf": []}
         losses = {}
         faults: dict[str, list[float]] = {"ours": [], "hf": []}
+        busy: dict[str, list[float]] = {"ours": [], "hf": []}
         for r in range(args.rounds):
             order = ("ours", "hf") if r % 2 == 0 else ("hf", "ours")
             for side in order:
@@ -364,6 +369,7 @@ def measure_case(case: str, args, say) -> dict:
                 rates[side].append(batch / statistics.median(out["step_s"]))
                 losses[side] = out["loss"]
                 faults[side].append(out["faults"])
+                busy[side].append(out["cores_busy"])
             say(f"{case}: round {r + 1}/{args.rounds}: ours {rates['ours'][-1]:.2f}/s, "
                 f"HF {rates['hf'][-1]:.2f}/s")
     finally:
@@ -372,6 +378,7 @@ def measure_case(case: str, args, say) -> dict:
     ratios = [o / h for o, h in zip(rates["ours"], rates["hf"])]
     return {"case": case, "what": CASES[case].what, "batch": batch, "rates": rates, "ratios": ratios,
             "losses": losses, "faults": {k: statistics.median(v) for k, v in faults.items()},
+            "cores_busy": {k: statistics.median(v) for k, v in busy.items()},
             "ours": workers["ours"].info, "hf": workers["hf"].info}
 
 
@@ -504,7 +511,8 @@ def main(argv: list[str] | None = None) -> int:
               f"trainable params ours {r['ours']['params']:,}, HF {r['hf']['params']:,}; "
               f"last loss ours {r['losses']['ours']:.4f}, HF {r['losses']['hf']:.4f}; "
               f"minor page faults per timed step (median of rounds) ours {r['faults']['ours']:,.0f}, "
-              f"HF {r['faults']['hf']:,.0f}")
+              f"HF {r['faults']['hf']:,.0f}; CPU cores busy during timed steps (process CPU time / wall "
+              f"time, median of rounds) ours {r['cores_busy']['ours']:.2f}, HF {r['cores_busy']['hf']:.2f}")
     print(f"- command: `{command}`")
     if args.json:
         with open(args.json, "w") as f:

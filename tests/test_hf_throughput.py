@@ -67,3 +67,5 @@ def test_one_micro_round_prints_the_table(capsys):
     for key in ("- hardware:", "- commit:", "- load average", "- command: `python benchmarks/hf_throughput.py"):
         assert key in out
     assert re.search(r"trainable params ours ([\d,]+), HF \1;", out)  # same dimensions on both sides
+    busy = re.search(r"CPU cores busy during timed steps .* ours ([\d.]+), HF ([\d.]+)", out)
+    assert busy and all(0 < float(x) <= 1.2 * hf.usable_cores() for x in busy.groups())
