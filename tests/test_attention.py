@@ -83,24 +83,25 @@ def test_default_chunks_bound_memory_for_many_batch_heads():
     assert temp.temp_size_in_bytes < full_scores / 4
 
 
-def test_bhtd_matches_reference():
+def _xla_reference(q, k, v):
+    return jax.nn.dot_product_attention(q, k, v, implementation="xla")
+
+
+@pytest.mark.parametrize("core", [bhtd_attention, prescaled_attention], ids=["bhtd", "prescaled"])
+def test_scale_folding_cores_match_reference(core):
     q, k, v = _qkv(2, 65, 4, 24)
-    np.testing.assert_allclose(bhtd_attention(q, k, v), _numpy_attention(q, k, v), atol=2e-5, rtol=1e-5)
+    np.testing.assert_allclose(core(q, k, v), _numpy_attention(q, k, v), atol=2e-5, rtol=1e-5)
     w = jnp.ones(q.shape)
-    ref = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla")
-    for got, want in zip(_grads(bhtd_attention, q, k, v, w), _grads(ref, q, k, v, w)):
+    for got, want in zip(_grads(core, q, k, v, w), _grads(_xla_reference, q, k, v, w)):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
 
 
-def test_prescaled_matches_reference_and_scales_no_score_tensor():
+def test_prescaled_attention_scales_no_score_tensor():
+    # No multiply by the 1/sqrt(D) scale is left on a [B, H, T, T] tensor (forward or backward)
+    # once XLA has optimised the step; JAX's own lowering has one in each direction.
     q, k, v = _qkv(2, 65, 4, 24)
-    np.testing.assert_allclose(prescaled_attention(q, k, v), _numpy_attention(q, k, v), atol=2e-5, rtol=1e-5)
     w = jnp.ones(q.shape)
-    ref = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla")
-    for got, want in zip(_grads(prescaled_attention, q, k, v, w), _grads(ref, q, k, v, w)):
-        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
-    # The point: no multiply by the 1/sqrt(D) scale is left on a [B, H, T, T] tensor (forward or
-    # backward) once XLA has optimised the step; JAX's own lowering has one in each direction.
+
     def score_scalings(fn):
         opt = jax.jit(lambda *a: _grads(fn, *a, w)).lower(q, k, v).compile().as_text()
         scale = f"{1 / np.sqrt(24):.6f}"[:7]   # 0.20412
@@ -108,7 +109,7 @@ def test_prescaled_matches_reference_and_scales_no_score_tensor():
         return [line for line in opt.splitlines() if "65,65]" in line and any(c + ")" in line or c + "," in line
                                                                                  for c in consts)]
     assert score_scalings(prescaled_attention) == []
-    assert score_scalings(ref)
+    assert score_scalings(_xla_reference)
 
 
 def test_blockwise_bfloat16_close_to_float32():
