@@ -148,6 +148,9 @@ def test_scan_refuses_drop_path():
         ViT("mu/4", image_size=16, rngs=nnx.Rngs(0), drop_path=0.1, scan_layers=True)
 
 
+# 32 s of CI (two trainer compiles): with -m slow. The default suite keeps the scanned model's
+# equivalence to the unscanned one and the drop-path refusal above.
+@pytest.mark.slow
 def test_scanned_trains_checkpoints_resumes_and_converter_refuses(tiny, tmp_path):
     from maskjax.convert.common import ConversionError
     from maskjax.convert.store import read_train_workdir
