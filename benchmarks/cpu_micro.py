@@ -128,7 +128,11 @@ def bmm(reps: int) -> None:
     import numpy as np
     import torch
 
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    threads = len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    print(f"threads: {threads}; wall clock, median ms per call")
+    print("| batched matmul | jax bmm | jax gemm | torch bmm | torch gemm | jax / torch bmm |")
+    print("|---|---|---|---|---|---|")
     bmm_jax = jax.jit(lambda a, b: a @ b)
     rng = np.random.default_rng(0)
     for label, (b, t, d, h) in SHAPES.items():
@@ -260,9 +264,6 @@ def main() -> None:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true").strip()
         return profile(args.reps, args.shape or "cifar_tiny decoder")
     if args.part == "bmm":
-        print(f"threads: {len(os.sched_getaffinity(0))}; wall clock, median ms per call")
-        print("| batched matmul | jax bmm | jax gemm | torch bmm | torch gemm | jax / torch bmm |")
-        print("|---|---|---|---|---|---|")
         return bmm(args.reps)
     import torch
 

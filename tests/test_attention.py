@@ -28,6 +28,10 @@ def _numpy_attention(q, k, v):
     return np.einsum("bhqk,bkhd->bqhd", p, v)
 
 
+def _xla_reference(q, k, v):
+    return jax.nn.dot_product_attention(q, k, v, implementation="xla")
+
+
 def _grads(fn, q, k, v, w):
     # A random cotangent: sum(out * w) makes every output element matter.
     return jax.grad(lambda q, k, v: jnp.sum(fn(q, k, v) * w), argnums=(0, 1, 2))(q, k, v)
@@ -41,12 +45,11 @@ def _grads(fn, q, k, v, w):
 def test_blockwise_matches_reference(b, t, h, d, block, tile):
     q, k, v = _qkv(b, t, h, d)
     fn = lambda q, k, v: blockwise_attention(q, k, v, block_q=block, block_k=block, tile_bytes=tile)
-    ref = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla")
     out = jax.jit(fn)(q, k, v)
-    np.testing.assert_allclose(out, ref(q, k, v), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(out, _xla_reference(q, k, v), atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(out, _numpy_attention(q, k, v), atol=2e-5, rtol=1e-5)
     w = jnp.asarray(np.random.default_rng(1).standard_normal(out.shape, dtype=np.float32))
-    for got, want in zip(jax.jit(lambda *a: _grads(fn, *a, w))(q, k, v), _grads(ref, q, k, v, w)):
+    for got, want in zip(jax.jit(lambda *a: _grads(fn, *a, w))(q, k, v), _grads(_xla_reference, q, k, v, w)):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
 
 
@@ -67,9 +70,8 @@ def test_blockwise_never_materialises_full_scores():
     q, k, v = _qkv(b, t, h, d)
     w = jnp.ones((b, t, h, d))
     fn = lambda q, k, v: blockwise_attention(q, k, v, block_q=64, block_k=64)
-    plain = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla")
     mem = lambda f: jax.jit(lambda *a: _grads(f, *a, w)).lower(q, k, v).compile().memory_analysis().temp_size_in_bytes
-    assert mem(fn) < b * h * t * t * 4 / 4 < mem(plain)
+    assert mem(fn) < b * h * t * t * 4 / 4 < mem(_xla_reference)
 
 
 def test_default_chunks_bound_memory_for_many_batch_heads():
@@ -81,10 +83,6 @@ def test_default_chunks_bound_memory_for_many_batch_heads():
     temp = jax.jit(lambda *a: _grads(blockwise_attention, *a, w)).lower(q, k, v).compile().memory_analysis()
     full_scores = b * h * t * t * 4
     assert temp.temp_size_in_bytes < full_scores / 4
-
-
-def _xla_reference(q, k, v):
-    return jax.nn.dot_product_attention(q, k, v, implementation="xla")
 
 
 @pytest.mark.parametrize("core", [bhtd_attention, prescaled_attention], ids=["bhtd", "prescaled"])
@@ -163,11 +161,10 @@ def test_cudnn_wrapper_pads_odd_lengths_exactly(tq, tk):
     q = jax.random.normal(keys[0], (2, tq, 3, 8))
     k, v = (jax.random.normal(kk, (2, tk, 3, 8)) for kk in keys[1:3])
     w = jax.random.normal(keys[3], (2, tq, 3, 8))
-    ref = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla")
     ours = lambda q, k, v: cudnn_attention(q, k, v, implementation="xla")
     np.testing.assert_allclose(jax.jit(ours)(q, k, v), _numpy_attention(q, k, v), atol=2e-5, rtol=1e-5)
     # jitted: one compile per function instead of op-by-op dispatch (seconds of CI per case)
-    g_ref = jax.jit(jax.grad(lambda *a: jnp.sum(ref(*a) * w), argnums=(0, 1, 2)))(q, k, v)
+    g_ref = jax.jit(jax.grad(lambda *a: jnp.sum(_xla_reference(*a) * w), argnums=(0, 1, 2)))(q, k, v)
     g_ours = jax.jit(jax.grad(lambda *a: jnp.sum(ours(*a) * w), argnums=(0, 1, 2)))(q, k, v)
     for a, b in zip(g_ours, g_ref):
         assert a.shape == b.shape

@@ -47,10 +47,15 @@ def _f32_einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
 
 
+def scale_queries(q: jax.Array) -> jax.Array:
+    """q times the softmax scale 1/sqrt(D) (D = the last axis), in q's dtype: the scale applied to
+    the queries rather than to the [T, T] scores, as every core of this module does."""
+    return q * jnp.asarray(1.0 / math.sqrt(q.shape[-1]), q.dtype)
+
+
 def bhtd_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     """Softmax attention in the [B, H, T, D] layout with the scale folded into q ([B, T, H, D] in and out)."""
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    qh = (q * jnp.asarray(scale, q.dtype)).transpose(0, 2, 1, 3)
+    qh = scale_queries(q).transpose(0, 2, 1, 3)
     kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
     s = _f32_einsum("bhqd,bhkd->bhqk", qh, kh)
     p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
@@ -61,8 +66,7 @@ def prescaled_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Arra
                         implementation: str | None = None) -> jax.Array:
     """``jax.nn.dot_product_attention`` (optional boolean ``mask``) with the 1/sqrt(D) scale applied
     to q ([B, T, H, D]) instead of the [B, H, T, T] scores (XLA drops the remaining multiply by 1)."""
-    scale = jnp.asarray(1.0 / math.sqrt(q.shape[-1]), q.dtype)
-    return jax.nn.dot_product_attention(q * scale, k, v, mask=mask, scale=1.0, implementation=implementation)
+    return jax.nn.dot_product_attention(scale_queries(q), k, v, mask=mask, scale=1.0, implementation=implementation)
 
 
 def balanced_block(length: int, max_block: int) -> int:
@@ -227,10 +231,9 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, block_q: in
     bq, bk = balanced_block(tq, block_q), balanced_block(tk, block_k)
     # Chunks of batch x heads whose score tiles take about tile_bytes (no chunk mostly padding).
     chunk = chunk_size(b * h, max(1, tile_bytes // (4 * bq * bk)))
-    scale = jnp.asarray(1.0 / math.sqrt(d), q.dtype)
     # [B, T, H, D] -> [B*H, T, D]: one leading "group" axis that the chunks split.
     to_g = lambda x: x.transpose(0, 2, 1, 3).reshape(b * h, x.shape[1], d)
-    out = _flash(to_g(q * scale), to_g(k), to_g(v), bq, bk, chunk)
+    out = _flash(to_g(scale_queries(q)), to_g(k), to_g(v), bq, bk, chunk)
     return out.reshape(b, h, tq, d).transpose(0, 2, 1, 3)
 
 

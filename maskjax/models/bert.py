@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from maskjax.models.attention import prescaled_attention
+from maskjax.models.attention import prescaled_attention, scale_queries
 from maskjax.models.layers import dense, dense_gelu, gelu_erf, layer_norm
 from maskjax.models.remat import maybe_remat_core, remat_block, resolve_remat
 
@@ -225,7 +225,7 @@ def _attention_core(q, k, v, input_mask, keep, rate: float, impl: str | None) ->
             return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
         return prescaled_attention(q, k, v, mask=mask, implementation=impl)
     # The 1/sqrt(D) scale on q ([B, L, N, D]), not on the [B, N, L, L] scores (see prescaled_attention).
-    q = q * jnp.asarray(1.0 / math.sqrt(q.shape[-1]), q.dtype)
+    q = scale_queries(q)
     logits = jnp.einsum("bqnd,bknd->bnqk", q, k).astype(jnp.float32)
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     probs = dropout(jax.nn.softmax(logits, axis=-1).astype(q.dtype), keep, rate)
