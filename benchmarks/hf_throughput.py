@@ -261,6 +261,19 @@ def disable_cpu_layout_tweaks() -> None:
     layers.gelu_erf = bert.gelu_erf = lambda x: jax.nn.gelu(x, approximate=False)
 
 
+def worker_versions(side: str) -> str:
+    """This worker's interpreter and the libraries its side runs on, for the table's notes."""
+    import jax
+
+    libs = f"jax {jax.__version__}"
+    if side == "hf":
+        import torch
+        import transformers
+
+        libs = f"torch {torch.__version__}, transformers {transformers.__version__}"
+    return f"Python {platform.python_version()}, {libs}"
+
+
 def worker_main(args) -> int:
     """A worker: build, compile, report ready, then run rounds on request until ``quit``."""
     pin_threads(args.threads)
@@ -277,7 +290,8 @@ def worker_main(args) -> int:
     runner = OursRunner(config) if args.worker == "ours" else HFRunner(config, args.hf_attention, args.threads)
     runner.clock = clock
     _send({"ready": True, "compile_s": runner.compile_s, "params": runner.params,
-           "attention": getattr(runner, "attn", config.model.get("attention_impl")), "malloc": malloc})
+           "attention": getattr(runner, "attn", config.model.get("attention_impl")), "malloc": malloc,
+           "versions": worker_versions(args.worker)})
     for line in sys.stdin:
         command = line.strip()
         if command == "quit":
@@ -301,7 +315,8 @@ class Worker:
     """A worker subprocess speaking the ``@@{json}`` line protocol."""
 
     def __init__(self, side: str, case: str, args):
-        cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), "--worker", side, "--case", case,
+        python = (args.ours_python if side == "ours" else args.hf_python) or sys.executable
+        cmd = [python, str(pathlib.Path(__file__).resolve()), "--worker", side, "--case", case,
                "--hf-attention", args.hf_attention, "--threads", str(args.threads), "--clock", args.clock]
         if args.batch:
             cmd += ["--batch", str(args.batch)]
@@ -409,11 +424,7 @@ def commit_id() -> str:
 
 
 def hardware() -> str:
-    """CPU model, usable cores, memory, load and library versions, in one line."""
-    import jax
-    import torch
-    import transformers
-
+    """CPU model, usable cores and memory, in one line (each worker reports its own versions)."""
     cpu = platform.processor() or "unknown CPU"
     try:
         for line in open("/proc/cpuinfo"):
@@ -424,8 +435,7 @@ def hardware() -> str:
         mem_s = f", {mem / 2**20:.0f} GiB RAM"
     except (OSError, StopIteration):
         mem_s = ""
-    return (f"{cpu}, {usable_cores()} usable cores{mem_s}; Python {platform.python_version()}, "
-            f"jax {jax.__version__}, torch {torch.__version__}, transformers {transformers.__version__}")
+    return f"{cpu}, {usable_cores()} usable cores{mem_s}"
 
 
 TABLE_HEADER = ("| case | global batch | ours examples/s (median) | HF examples/s (median) "
@@ -467,6 +477,11 @@ def parse_args(argv: list[str] | None):
                    help="'before' rows: plain nnx.Linear matmuls and jax.nn.gelu in our model (see "
                         "disable_cpu_layout_tweaks)")
     p.add_argument("--json", default=None, help="also write the per-round results here")
+    p.add_argument("--ours-python", default=None,
+                   help="interpreter for our worker (default: this one), e.g. a Python 3.12 venv with a newer "
+                        "jax; it needs maskjax importable")
+    p.add_argument("--hf-python", default=None,
+                   help="interpreter for the HF worker (default: this one); it needs torch, transformers and maskjax")
     p.add_argument("--worker", choices=("ours", "hf"), default=None, help=argparse.SUPPRESS)
     p.add_argument("--case", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -499,6 +514,8 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(results, args.rounds, args.steps))
     print()
     print(f"- hardware: {hardware()}")
+    for side, label in (("ours", "ours"), ("hf", "HF")):
+        print(f"- {label} worker: " + "; ".join(sorted({r[side]["versions"] for r in results})))
     print(f"- commit: {commit_id()}")
     print(f"- threads per side: {args.threads}{' (both pinned to the same cores)' if args.threads < usable_cores() else ''}; "
           f"step time: {args.clock} clock; float32; same batch every step"

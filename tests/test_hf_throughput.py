@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import platform
 import re
 import sys
 
+import jax
 import pytest
 
 from tests.conftest import REPO_ROOT
@@ -57,7 +59,9 @@ def test_table_format():
 @pytest.mark.slow  # builds both workers (torch and JAX): the benchmark, not the library
 def test_one_micro_round_prints_the_table(capsys):
     hf = _module()
-    assert hf.main(["--cases", "micro_mae", "--rounds", "1", "--steps", "1", "--warmup", "0"]) == 0
+    # --ours-python names the interpreter of our worker (here this one); each worker reports its own.
+    assert hf.main(["--cases", "micro_mae", "--rounds", "1", "--steps", "1", "--warmup", "0",
+                    "--ours-python", sys.executable]) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| `micro_mae`")]
     assert out.splitlines()[0] == hf.TABLE_HEADER and len(rows) == 1
@@ -66,6 +70,9 @@ def test_one_micro_round_prints_the_table(capsys):
     assert float(ratio) == pytest.approx(float(ours) / float(theirs), rel=0.02)
     for key in ("- hardware:", "- commit:", "- load average", "- command: `python benchmarks/hf_throughput.py"):
         assert key in out
+    python = platform.python_version()
+    assert f"- ours worker: Python {python}, jax {jax.__version__}" in out
+    assert re.search(rf"- HF worker: Python {re.escape(python)}, torch [^,]+, transformers ", out)
     assert re.search(r"trainable params ours ([\d,]+), HF \1;", out)  # same dimensions on both sides
     busy = re.search(r"CPU cores busy during timed steps .* ours ([\d.]+), HF ([\d.]+)", out)
     assert busy and all(0 < float(x) <= 1.2 * hf.usable_cores() for x in busy.groups())
