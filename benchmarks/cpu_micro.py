@@ -123,16 +123,22 @@ def matmul(reps: int, shape: str = "vit_s16 decoder") -> None:
 def bmm(reps: int) -> None:
     """The attention cores' batched matmuls (QK^T and PV, batch = batch x heads) by wall clock on
     all the cores this process may use, JAX vs ``torch.bmm``, each next to one plain GEMM of the
-    same FLOPs ([G*T, D] x [D, T]): run on one core and on two to see which of them scale."""
+    same FLOPs ([G*T, D] x [D, T]): run on one core and on two to see which of them scale.
+    Without torch (e.g. a Python 3.12 venv for a newer jax) the torch columns read n/a."""
     import jax
     import numpy as np
-    import torch
 
+    try:
+        import torch
+    except ImportError:
+        torch = None
     threads = len(os.sched_getaffinity(0))
-    torch.set_num_threads(threads)
-    print(f"threads: {threads}; wall clock, median ms per call")
-    print("| batched matmul | jax bmm | jax gemm | torch bmm | torch gemm | jax / torch bmm |")
-    print("|---|---|---|---|---|---|")
+    if torch is not None:
+        torch.set_num_threads(threads)
+    print(f"threads: {threads}; wall clock, median ms per call; jax {jax.__version__}, "
+          f"torch {torch.__version__ if torch is not None else 'not installed'}")
+    print("| batched matmul | jax bmm | jax gemm | jax bmm / gemm | torch bmm | torch gemm | jax / torch bmm |")
+    print("|---|---|---|---|---|---|---|")
     bmm_jax = jax.jit(lambda a, b: a @ b)
     rng = np.random.default_rng(0)
     for label, (b, t, d, h) in SHAPES.items():
@@ -140,13 +146,18 @@ def bmm(reps: int) -> None:
         for what, (m, k, n) in (("QK^T", (t, dh, t)), ("PV", (t, t, dh))):
             a, c = rng.standard_normal((g, m, k), dtype=np.float32), rng.standard_normal((g, k, n), dtype=np.float32)
             flat = a.reshape(g * m, k)   # one GEMM, same FLOPs: [G*M, K] x [K, N]
-            ta, tc, tflat, tc0 = torch.tensor(a), torch.tensor(c), torch.tensor(flat), torch.tensor(c[0])
             ja, jc, jflat, jc0 = (jax.device_put(x) for x in (a, c, flat, c[0]))  # no transfer in the timing
-            fns = {"jax bmm": lambda: bmm_jax(ja, jc), "jax gemm": lambda: bmm_jax(jflat, jc0),
-                   "torch bmm": lambda: torch.bmm(ta, tc), "torch gemm": lambda: tflat @ tc0}
+            fns = {"jax bmm": lambda: bmm_jax(ja, jc), "jax gemm": lambda: bmm_jax(jflat, jc0)}
+            if torch is not None:
+                ta, tc, tflat, tc0 = torch.tensor(a), torch.tensor(c), torch.tensor(flat), torch.tensor(c[0])
+                fns.update({"torch bmm": lambda: torch.bmm(ta, tc), "torch gemm": lambda: tflat @ tc0})
             res = _time(fns, reps, clock=time.perf_counter)
-            print(f"| {label} {what} [{g}, {m}, {k}] x [{g}, {k}, {n}] | " + " | ".join(
-                f"{1e3 * res[key]:.2f}" for key in fns) + f" | {res['jax bmm'] / res['torch bmm']:.2f} |", flush=True)
+            ms = {key: f"{1e3 * res[key]:.2f}" if key in res else "n/a"
+                  for key in ("jax bmm", "jax gemm", "torch bmm", "torch gemm")}
+            vs_torch = f"{res['jax bmm'] / res['torch bmm']:.2f}" if torch is not None else "n/a"
+            print(f"| {label} {what} [{g}, {m}, {k}] x [{g}, {k}, {n}] | {ms['jax bmm']} | {ms['jax gemm']} | "
+                  f"{res['jax bmm'] / res['jax gemm']:.2f} | {ms['torch bmm']} | {ms['torch gemm']} | {vs_torch} |",
+                  flush=True)
 
 
 def block(reps: int) -> None:

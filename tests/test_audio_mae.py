@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -23,6 +22,8 @@ from maskjax.models.audio_mae import AudioMAE
 from maskjax.models.swin_decoder import (
     SwinBlock, calc_window_shift, relative_coordinates_log, shift_attention_mask, window_partition,
     window_reverse)
+
+torch = pytest.importorskip("torch", reason="the official code these tests transcribe is torch")
 
 SETTINGS = settings(max_examples=10, deadline=None, derandomize=True)
 

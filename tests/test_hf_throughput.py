@@ -25,6 +25,7 @@ def _module():
 
 @pytest.mark.parametrize("case", ["micro_mae", "micro_bert"])
 def test_hf_model_has_our_trainable_parameter_count(case):
+    pytest.importorskip("transformers")
     # Same widths, depths, heads, MLP, decoder and heads => exactly the same number of trainable
     # parameters (HF keeps the sin-cos position embeddings frozen, as our buffers).
     from maskjax.methods import make_method
@@ -38,6 +39,7 @@ def test_hf_model_has_our_trainable_parameter_count(case):
 
 
 def test_hf_inputs_follow_the_masking_ratio():
+    pytest.importorskip("transformers")
     hf = _module()
     config = hf.load_case("micro_bert", 3, None, [])
     inputs = hf.hf_inputs(config)

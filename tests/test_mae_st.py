@@ -12,13 +12,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 from flax import nnx
 
 from maskjax.config_media import video_base_config
 from maskjax.masking import Mask, gather_tokens, mask_from_noise, uniform_noise
 from maskjax.methods.mae_st import MaeSTMethod
 from maskjax.models.mae_st import MaeST, mae_st_target, target_frame_indices, torch_linspace_long
+
+torch = pytest.importorskip("torch", reason="the official code these tests transcribe is torch")
 
 FRAMES, SIZE, PATCH = 4, 16, 8
 
