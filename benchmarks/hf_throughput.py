@@ -10,8 +10,8 @@ same batch every step, the same masking ratio) of
   (``torch.optim.AdamW``, gradient clipping where the config clips), ``torch.set_num_threads``
   = the cores this process may use.
 
-Each side lives in its own long-lived worker subprocess (own thread pool, compiled once). The
-parent alternates rounds between them (ours first on even rounds, HF first on odd ones, so slow
+Each side lives in its own long-lived worker subprocess (own thread pool, compiled once, then
+``--prime`` untimed steps: a process's first steps are slower than the rest). The parent alternates rounds between them (ours first on even rounds, HF first on odd ones, so slow
 drift of a shared machine's load hits both sides alike): a round is ``--warmup`` untimed steps
 then ``--steps`` timed steps, each blocked until done. The table gives each side's median
 examples/s over rounds and the per-round ratio ours/HF (median and [min, max]).
@@ -289,6 +289,9 @@ def worker_main(args) -> int:
     clock = time.process_time if args.clock == "process" else time.perf_counter
     runner = OursRunner(config) if args.worker == "ours" else HFRunner(config, args.hf_attention, args.threads)
     runner.clock = clock
+    # A process's first steps are slower than its later ones (the heap grows to the step's peak,
+    # caches and thread pools warm up): without this our first round ran ~40 % below the others.
+    runner.run(args.prime)
     _send({"ready": True, "compile_s": runner.compile_s, "params": runner.params,
            "attention": getattr(runner, "attn", config.model.get("attention_impl")), "malloc": malloc,
            "versions": worker_versions(args.worker)})
@@ -317,7 +320,8 @@ class Worker:
     def __init__(self, side: str, case: str, args):
         python = (args.ours_python if side == "ours" else args.hf_python) or sys.executable
         cmd = [python, str(pathlib.Path(__file__).resolve()), "--worker", side, "--case", case,
-               "--hf-attention", args.hf_attention, "--threads", str(args.threads), "--clock", args.clock]
+               "--hf-attention", args.hf_attention, "--threads", str(args.threads), "--clock", args.clock,
+               "--prime", str(args.prime)]
         if args.batch:
             cmd += ["--batch", str(args.batch)]
         if args.attention_impl:
@@ -462,6 +466,8 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--rounds", type=int, default=5, help="A/B rounds per case (default 5)")
     p.add_argument("--steps", type=int, default=3, help="timed steps per round and side (default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps at the start of every round (default 1)")
+    p.add_argument("--prime", type=int, default=3,
+                   help="untimed steps each worker runs once after compiling, before the rounds (default 3)")
     p.add_argument("--batch", type=int, default=None, help="global batch (default: the case's)")
     p.add_argument("--attention-impl", default=None,
                    help="our model.attention_impl (e.g. xla, blockwise, cudnn; 'default' = the config's None)")
@@ -485,8 +491,9 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--worker", choices=("ours", "hf"), default=None, help=argparse.SUPPRESS)
     p.add_argument("--case", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.rounds < 1 or args.steps < 1 or args.warmup < 0:
-        p.error(f"need --rounds >= 1, --steps >= 1, --warmup >= 0; got {args.rounds}, {args.steps}, {args.warmup}")
+    if args.rounds < 1 or args.steps < 1 or args.warmup < 0 or args.prime < 0:
+        p.error(f"need --rounds >= 1, --steps >= 1, --warmup >= 0, --prime >= 0; got {args.rounds}, {args.steps}, "
+                f"{args.warmup}, {args.prime}")
     return p, args
 
 

@@ -58,11 +58,17 @@ def test_table_format():
     assert "| 3.00 | 2.00 | **2.000** [0.750, 2.000] | 3 x 2 | 1.5 |" in lines[2]
 
 
+@pytest.mark.parametrize("option", ["--rounds=0", "--steps=0", "--warmup=-1", "--prime=-1"])
+def test_bad_counts_are_refused(option):
+    with pytest.raises(SystemExit):
+        _module().parse_args([option])
+
+
 @pytest.mark.slow  # builds both workers (torch and JAX): the benchmark, not the library
 def test_one_micro_round_prints_the_table(capsys):
     hf = _module()
     # --ours-python names the interpreter of our worker (here this one); each worker reports its own.
-    assert hf.main(["--cases", "micro_mae", "--rounds", "1", "--steps", "1", "--warmup", "0",
+    assert hf.main(["--cases", "micro_mae", "--rounds", "1", "--steps", "1", "--warmup", "0", "--prime", "1",
                     "--ours-python", sys.executable]) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| `micro_mae`")]
