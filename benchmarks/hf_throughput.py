@@ -11,9 +11,10 @@ same batch every step, the same masking ratio) of
   = the cores this process may use.
 
 Each side lives in its own long-lived worker subprocess (own thread pool, compiled once, then
-``--prime`` untimed steps: a process's first steps are slower than the rest). The parent alternates rounds between them (ours first on even rounds, HF first on odd ones, so slow
-drift of a shared machine's load hits both sides alike): a round is ``--warmup`` untimed steps
-then ``--steps`` timed steps, each blocked until done. The table gives each side's median
+``--prime`` untimed steps: a process's first steps are slower than the rest). The parent
+alternates rounds between them (ours first on even rounds, HF first on odd ones, so slow drift
+of a shared machine's load hits both sides alike): a round is ``--warmup`` untimed steps then
+``--steps`` timed steps, each blocked until done. The table gives each side's median
 examples/s over rounds and the per-round ratio ours/HF (median and [min, max]).
 
 Usage::
