@@ -18,7 +18,7 @@ for variant in "$@"; do
     args+=(--profile "/tmp/trace_$label" --profile-steps "${PROFILE_STEPS:-3}")
   fi
   echo "=== $label: batch $batch, XLA_FLAGS='$flags', overrides: $overrides, env: ${envs:-}"
-  env ${envs:-} XLA_FLAGS="$flags" python3 -m maskjax.bench "${args[@]}" ${EXTRA:-} >"$out/$label.md" 2>"/tmp/bench_$label.err" \
+  env ${envs:-} XLA_FLAGS="$flags" python3 -m maskjax.perf.bench "${args[@]}" ${EXTRA:-} >"$out/$label.md" 2>"/tmp/bench_$label.err" \
     || { echo "failed:"; tail -5 "/tmp/bench_$label.err"; }
   grep -m1 -A2 '^| config' "$out/$label.md" | tail -1
 done

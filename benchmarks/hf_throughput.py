@@ -3,7 +3,7 @@
 For each case it measures one **training** step (forward + backward + AdamW update, float32, the
 same batch every step, the same masking ratio) of
 
-- ours: the jitted train step that ``maskjax train`` runs, built by ``maskjax.bench.build_setup``
+- ours: the jitted train step that ``maskjax train`` runs, built by ``maskjax.perf.bench.build_setup``
   (``training_parts`` -> ``make_train_step``, state donated) on a synthetic batch;
 - Hugging Face: ``ViTMAEForPreTraining`` / ``BertForMaskedLM`` with the same widths, depths,
   heads, decoder, image size, masking ratio and optimizer hyper-parameters
@@ -89,7 +89,7 @@ def usable_cores() -> int:
 
 def load_case(name: str, batch: int | None, attention_impl: str | None, extra: list[str]):
     """The maskjax config of case ``name`` with its overrides, the batch and the attention impl."""
-    from maskjax.bench import load
+    from maskjax.perf.bench import load
 
     case = CASES[name]
     path, colon, arg = case.config.partition(":")
@@ -107,7 +107,7 @@ class OursRunner:
     def __init__(self, config, clock=time.perf_counter):
         import jax
 
-        from maskjax.bench import build_setup, nominal_examples, synthetic_batch
+        from maskjax.perf.bench import build_setup, nominal_examples, synthetic_batch
         from maskjax.data.pipeline import to_global_batch
         from maskjax.train.sharding import make_mesh
         from maskjax.train.state import create_state
@@ -282,7 +282,7 @@ def worker_main(args) -> int:
     if args.worker == "ours" and args.no_cpu_tweaks:
         disable_cpu_layout_tweaks()
     elif args.worker == "ours":
-        from maskjax.host_memory import tune_malloc
+        from maskjax.perf.host_memory import tune_malloc
 
         # What `maskjax train` does first (docs/performance.md, "Page faults"); MASKJAX_TUNE_MALLOC=0: off.
         malloc = tune_malloc()

@@ -46,7 +46,7 @@ def audio_rows(lengths, workers, batches: int) -> list[dict]:
 
 def data_wait_rows(steps: int) -> list[dict]:
     """``maskjax bench`` rows (real pipeline) of the two CPU recipes."""
-    from maskjax.bench import bench_config, load
+    from maskjax.perf.bench import bench_config, load
 
     rows = []
     for spec in ("configs/audiomae/fsdd.py", "configs/videomae/moving_cifar.py"):
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags
     from maskjax.data.video.benchmark import run_benchmarks
-    from maskjax.repro import commit, hardware
+    from maskjax.repro.ledger import commit, hardware
 
     batches = 3 if args.quick else 30
     lengths = (64,) if args.quick else (64, 128, 1024)

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[1], argv[2:]
     if command in ("train", "eval", "bench", "repro"):
         # Before anything starts JAX's backends (docs/performance.md, "Page faults").
-        from maskjax.host_memory import tune_malloc
+        from maskjax.perf.host_memory import tune_malloc
 
         tune_malloc()
     if command == "train":
@@ -77,11 +77,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return repro_main(rest)
     if command == "bench":
-        from maskjax.bench import main as bench_main
+        from maskjax.perf.bench import main as bench_main
 
         return bench_main(rest)
     if command == "fitcheck":
-        from maskjax.fitcheck import main as fitcheck_main
+        from maskjax.perf.fitcheck import main as fitcheck_main
 
         return fitcheck_main(rest)
     if command == "launch":

@@ -22,8 +22,10 @@ import zipfile
 
 import numpy as np
 
+from maskjax.config.datasets import fsdd_tar
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
-FSDD_TAR = REPO.parent / "shared" / "data" / "fsdd" / "recordings.tar"
+FSDD_TAR = fsdd_tar()
 TORCHAUDIO_VERSION = "2.11.0"
 _KALDI_MEMBER = "torchaudio/compliance/kaldi.py"
 

@@ -31,14 +31,16 @@ import pathlib  # noqa: E402
 import pytest  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+from maskjax.config.datasets import data_root  # noqa: E402
+
+SHARED_DATA = data_root()
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> pathlib.Path:
     """Path of the read-only real datasets beside the checkout (skip when absent)."""
     if not SHARED_DATA.exists():
-        pytest.skip("../shared/data is not present")
+        pytest.skip(f"the datasets folder {SHARED_DATA} is not present (set MASKJAX_DATA_DIR)")
     return SHARED_DATA
 
 

@@ -15,7 +15,7 @@ from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from maskjax.config_media import audio_base_config
+from maskjax.config import audio_base_config
 from maskjax.masking import mask_from_noise, uniform_noise
 from maskjax.methods.audio_mae import AudioMAEMethod
 from maskjax.models.audio_mae import AudioMAE

@@ -1,4 +1,4 @@
-"""``maskjax bench`` and the analytic FLOP counts (maskjax/flops.py).
+"""``maskjax bench`` and the analytic FLOP counts (maskjax/perf/flops.py).
 
 The bench tests run the real input pipelines on the 8 simulated CPU devices of conftest.py;
 the FLOP-agreement tests compile (never run) a step on one device, see test_fitcheck.py.
@@ -11,8 +11,8 @@ import math
 
 import pytest
 
-from maskjax.bench import (HEADER, format_row, load, main, parse_overrides, peak_tflops)
-from maskjax.flops import matmul, model_flops, transformer_layer
+from maskjax.perf.bench import (HEADER, format_row, load, main, parse_overrides, peak_tflops)
+from maskjax.perf.flops import matmul, model_flops, transformer_layer
 from tests.conftest import REPO_ROOT, tiny_config
 from tests.text_helpers import tiny_text_config, wikitext_slice
 
@@ -63,7 +63,7 @@ def test_bench_cli_tiny_mae(tmp_path, capsys):
 
 
 def test_bench_tiny_text_real_pipeline(shared_data, tmp_path):
-    from maskjax.bench import bench_config
+    from maskjax.perf.bench import bench_config
 
     train_file = wikitext_slice(shared_data, tmp_path)
     config = tiny_text_config(train_file, cache_dir=tmp_path / "cache")
@@ -79,7 +79,7 @@ def test_bench_tiny_text_real_pipeline(shared_data, tmp_path):
 
 def _assert_synthetic_matches_pipeline(config) -> None:
     """--synthetic-data batches have the real pipeline's fields, shapes and dtypes."""
-    from maskjax.bench import batch_spec, synthetic_batch
+    from maskjax.perf.bench import batch_spec, synthetic_batch
     from maskjax.train.loop import data_modality
 
     modality = data_modality(config)
@@ -153,7 +153,7 @@ def test_unknown_method_has_no_count():
 
 
 def test_bench_profile_prints_a_kernel_table(tmp_path):
-    from maskjax.bench import bench_config
+    from maskjax.perf.bench import bench_config
 
     config = tiny_config(global_batch=16)
     row = bench_config(config, label="tiny", steps=1, warmup=0, synthetic=True, profile_dir=str(tmp_path / "trace"),
@@ -167,7 +167,7 @@ def test_bench_profile_prints_a_kernel_table(tmp_path):
 
 
 def test_profile_busy_time_counts_overlaps_once_and_names_fall_into_categories():
-    from maskjax.profiling import busy_and_span, categorize
+    from maskjax.perf.profiling import busy_and_span, categorize
 
     # [0,4) and [2,6) overlap (two streams), then a gap, then [10,11): busy 7 of a span of 11.
     assert busy_and_span([(10, 11), (0, 4), (2, 6)]) == (7, 11)
@@ -183,7 +183,7 @@ def test_profile_busy_time_counts_overlaps_once_and_names_fall_into_categories()
 
 
 def test_profile_counts_a_loop_op_without_its_body():
-    from maskjax.profiling import exclusive_durations
+    from maskjax.perf.profiling import exclusive_durations
 
     # A while op over [0, 10) whose body ops cover [1, 4) and [3, 8) on two threads: 3 units of its
     # own; a leaf before it is untouched; a nested while over [1, 6) is covered entirely: 0.
@@ -196,7 +196,7 @@ def test_cpu_profile_of_a_loop_adds_up_to_the_busy_time(tmp_path):
     import jax
     import jax.numpy as jnp
 
-    from maskjax.profiling import summarize_trace
+    from maskjax.perf.profiling import summarize_trace
 
     f = jax.jit(lambda x: jax.lax.fori_loop(0, 30, lambda i, y: jnp.tanh(y @ x), x).sum())
     x = jnp.full((128, 128), 0.01)

@@ -1,7 +1,7 @@
 """``maskjax fitcheck``: ahead-of-time compilation for a target mesh, memory and FLOPs, never allocating.
 
 Expected XLA/analytic FLOP ratio (one device, so no replicated work is counted 8 times): XLA
-counts every multiply-add as 2 FLOPs like maskjax/flops.py, and adds what the analytic count
+counts every multiply-add as 2 FLOPs like maskjax/perf/flops.py, and adds what the analytic count
 leaves out on purpose: softmax, LayerNorm, GELU, dropout's random bits, the loss and the AdamW
 update (~10-20 FLOPs per parameter), while skipping the unneeded input gradient of the patch
 embedding. Measured on these models: MAE default recipe (ViT-Pico/4, 96 wide) 1.06, BERT-Tiny
@@ -19,9 +19,9 @@ import time
 
 import pytest
 
-from maskjax.bench import load
+from maskjax.perf.bench import load
 from maskjax.config import apply_overrides, text_base_config
-from maskjax.fitcheck import fit_check, format_report, main
+from maskjax.perf.fitcheck import fit_check, format_report, main
 from tests.conftest import REPO_ROOT
 
 FLOP_RATIO = (0.97, 1.15)
@@ -55,7 +55,7 @@ def _run_measured(cmd: list[str], tmp_path, timeout_s: float = 300) -> tuple[str
 @pytest.mark.slow  # 30 s of compiling; test_default_recipe_fits_and_flops_agree covers the CPU device path
 def test_vit_b16_on_8_cpu_devices_without_allocating(tmp_path):
     out = tmp_path / "fit.json"
-    cmd = [sys.executable, "-m", "maskjax.fitcheck", "--config", "configs/mae/vit_b16_in1k.py",
+    cmd = [sys.executable, "-m", "maskjax.perf.fitcheck", "--config", "configs/mae/vit_b16_in1k.py",
            "--platform", "cpu", "--devices", "8", "--device-memory-gib", "1", "--json", str(out)]
     stdout, stderr, code, maxrss_kib = _run_measured(cmd, tmp_path)
     assert code == 1, stderr  # 1 = does not fit
@@ -100,7 +100,7 @@ def test_small_bert_flops_agree_without_vocab_or_data():
 
 @pytest.mark.skipif(importlib.util.find_spec("libtpu") is not None, reason="libtpu is installed here")
 def test_tpu_topology_without_libtpu_is_one_clear_line():
-    cmd = [sys.executable, "-m", "maskjax.fitcheck", "--config", "configs/mae/vit_b16_in1k.py",
+    cmd = [sys.executable, "-m", "maskjax.perf.fitcheck", "--config", "configs/mae/vit_b16_in1k.py",
            "--topology", "v5e-256"]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=_child_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from maskjax.config_media import video_base_config
+from maskjax.config import video_base_config
 from maskjax.masking import Mask, gather_tokens, mask_from_noise, uniform_noise
 from maskjax.methods.mae_st import MaeSTMethod
 from maskjax.models.mae_st import MaeST, mae_st_target, target_frame_indices, torch_linspace_long

@@ -173,7 +173,7 @@ def test_compile_cache_flag_fills_the_directory(tmp_path):
     from maskjax.train.compile_cache import enable_compile_cache
 
     cache = tmp_path / "cache"
-    argv = [sys.executable, "-m", "maskjax.bench", "--config", str(REPO_ROOT / "configs/mae/default.py") + ":smoke",
+    argv = [sys.executable, "-m", "maskjax.perf.bench", "--config", str(REPO_ROOT / "configs/mae/default.py") + ":smoke",
             "--steps", "1", "--warmup", "0", "--synthetic-data", "--compile-cache", str(cache)]
     for item in ("model.variant=mu/4", "data.image_size=16", "model.decoder_width=32", "model.decoder_depth=1",
                  "model.decoder_heads=2"):

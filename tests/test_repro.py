@@ -4,7 +4,9 @@ import os
 
 import pytest
 
-from maskjax.repro import TABLES, run_table
+from maskjax.repro import run_table, tables
+
+TABLES = tables()
 
 
 @pytest.mark.slow  # 40 s; the runner's re-evaluation path is covered below at a smaller cost
@@ -29,7 +31,7 @@ def test_repro_two_row_table_at_smoke_size(tmp_path, capsys):
 def test_changed_evaluator_re_evaluates_without_pre_training_again(tmp_path, monkeypatch):
     import json
 
-    import maskjax.repro as repro
+    import maskjax.repro.ledger as repro
 
     kwargs = dict(out_dir=str(tmp_path / "out"), runs_dir=str(tmp_path / "runs"), smoke=True, max_rows=1)
     run_table("mae_cifar_target", **kwargs)
@@ -48,7 +50,7 @@ def test_changed_evaluator_re_evaluates_without_pre_training_again(tmp_path, mon
 
 
 def test_table_without_evals_keeps_the_recipe_evaluators():
-    from maskjax.repro import build_row_config
+    from maskjax.repro.ledger import build_row_config
 
     table = TABLES["audiomae_fsdd"]
     config = build_row_config(table, table.rows[0])

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from maskjax.config_media import video_base_config
+from maskjax.config import video_base_config
 from maskjax.masking.video import decoded_ids, hidden_ids, num_decoded, running_cell_mask, tube_mask
 from maskjax.methods.video_mae import VideoMAEMethod, VideoMAEV2Method, videomae_loss, videomae_v2_loss
 from maskjax.models.layers import Attention

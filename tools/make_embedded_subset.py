@@ -23,7 +23,10 @@ import sys
 import tarfile
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-DEFAULT_SRC = REPO_ROOT.parent / "shared" / "data" / "cifar10"
+sys.path.insert(0, str(REPO_ROOT))
+from maskjax.config.datasets import cifar10_dir  # noqa: E402
+
+DEFAULT_SRC = cifar10_dir()
 DEFAULT_OUT = REPO_ROOT / "maskjax" / "assets" / "cifar10_mini"
 # Sized so train.tar.gz + test.tar.gz stay under 4.5 MB together (about 3.9 MB).
 DEFAULT_TRAIN_PER_CLASS = 1000

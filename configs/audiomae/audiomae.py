@@ -26,7 +26,7 @@ Expected (official README, not measured by us): AS-2M fine-tuned ViT-B 47.3 mAP,
 """
 
 from maskjax.config import parse_arg
-from maskjax.config_media import audio_base_config, media_smoke
+from maskjax.config import audio_base_config, media_smoke
 
 FINETUNE = {
     "as20k": dict(epochs=60, warmup_epochs=4, lr=1e-3 * 32 / 256, batch_size=32),
@@ -50,5 +50,5 @@ def get_config(arg=None):
                             # head trunc-normal std 2e-5 as MAE fine-tuning (0.02 x 0.001).
                             label_smoothing=0.0, head_init_scale=0.001, **FINETUNE[args.task])
     if args.smoke:
-        media_smoke(c)
+        media_smoke(c, audio=True)
     return c

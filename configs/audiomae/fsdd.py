@@ -13,7 +13,7 @@ Command:
 """
 
 from maskjax.config import parse_arg
-from maskjax.config_media import audio_base_config, fsdd_data, media_smoke
+from maskjax.config import audio_base_config, fsdd_data, media_smoke
 
 # FSDD train split, 8 kHz, 128 bins, 64 frames after zero-padding / cropping, mean removal, no
 # augmentation: fbank_stats(FsddSource(recordings.tar, "train"), sample_rate=8000, num_mel_bins=128,
@@ -49,5 +49,5 @@ def get_config(arg=None):
                             warmup_epochs=1, mask_t_prob=0.2, mask_f_prob=0.2, label_smoothing=0.1,
                             head_init_scale=0.001, random_baseline=True)
     if args.smoke:
-        media_smoke(c)
+        media_smoke(c, audio=True)
     return c

@@ -5,8 +5,8 @@ encoder (64 patches of 4x4), a 4-block 256-d decoder, mask ratio 0.75, norm-pix 
 512 and 15 warmup epochs. There is no paper number for it; what maskjax measured with it is
 in docs/results/ (with the hardware and commit).
 
-Data: ``../shared/data/cifar10/{train,test}.tar`` beside the checkout by default (ImageFolder
-layout in a tar); point ``--config.data.path`` / ``--config.data.eval_path`` elsewhere for
+Data: ``cifar10/{train,test}.tar`` under ``$MASKJAX_DATA_DIR`` (default ``../shared/data`` beside the
+checkout; ImageFolder layout in a tar); point ``--config.data.path`` / ``--config.data.eval_path`` elsewhere for
 another copy.
 
 Command:
@@ -15,21 +15,14 @@ Command:
 Hardware: a single GPU or TPU host; on a 2-core CPU use ``configs/mae/default.py`` instead.
 """
 
-import pathlib
-
-from maskjax.config import base_config, parse_arg, smoke
-
-_DATA = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar10"
+from maskjax.config import base_config, cifar10_folder_data, parse_arg, smoke
 
 
 def get_config(arg=None):
     """CIFAR-10 MAE; ``arg``: "epochs=N", "variant=Ti/4", "smoke"."""
     args = parse_arg(arg, epochs=200, variant="Ti/4", smoke=False)
     c = base_config()
-    c.data.kind = "folder"
-    c.data.path = str(_DATA / "train.tar")
-    c.data.eval_path = str(_DATA / "test.tar")
-    c.data.split, c.data.eval_split = "train", "test"
+    cifar10_folder_data(c)
     c.data.image_size = 32
     c.data.crop_pct = 1.0
     c.data.num_workers = 2

@@ -1,4 +1,4 @@
-"""MAE ViT-L/16 on ImageNet-1K: the paper recipe (shared settings in `maskjax.recipes.mae_imagenet`).
+"""MAE ViT-L/16 on ImageNet-1K: the paper recipe (shared settings in `maskjax.config.mae_imagenet`).
 
 Arguments: `epochs=800` (default, the recommended command) or `epochs=1600` (the released
 checkpoints); `smoke` runs two CPU steps of this model on the bundled images.
@@ -13,7 +13,7 @@ layer decay 0.75, drop path 0.2), linear probe 75.8. These are the paper's numbe
 measurement; what maskjax has measured is in docs/results/.
 """
 
-from maskjax.recipes import mae_imagenet_from_arg
+from maskjax.config import mae_imagenet_from_arg
 
 
 def get_config(arg=None):

@@ -18,7 +18,7 @@ Expected (SlowFast projects/mae README, not measured by us): K400 top-1 after fi
 """
 
 from maskjax.config import parse_arg
-from maskjax.config_media import media_smoke, video_base_config
+from maskjax.config import media_smoke, video_base_config
 
 
 def get_config(arg=None):

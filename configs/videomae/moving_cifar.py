@@ -13,7 +13,7 @@ Command:
 """
 
 from maskjax.config import parse_arg
-from maskjax.config_media import media_smoke, moving_cifar_data, video_base_config
+from maskjax.config import media_smoke, moving_cifar_data, video_base_config
 
 
 def get_config(arg=None):

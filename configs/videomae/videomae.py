@@ -28,7 +28,7 @@ B 81.5 (1600 ep), L 85.2, H 86.6; SSv2 top-1 (16x2x3) S 66.8, B 70.8 (2400 ep), 
 """
 
 from maskjax.config import parse_arg
-from maskjax.config_media import media_smoke, video_base_config
+from maskjax.config import media_smoke, video_base_config
 
 # Encoder size -> (decoder width, decoder heads, decoder depth) of the official scripts.
 DECODERS = {"S": (192, 3, 4), "B": (384, 6, 4), "L": (512, 8, 12), "H": (640, 8, 12)}

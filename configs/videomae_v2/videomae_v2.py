@@ -24,7 +24,7 @@ model on moving-CIFAR clips (CPU).
 """
 
 from maskjax.config import parse_arg
-from maskjax.config_media import media_smoke, video_base_config
+from maskjax.config import media_smoke, video_base_config
 
 
 def get_config(arg=None):

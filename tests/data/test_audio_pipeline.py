@@ -12,7 +12,7 @@ import wave
 import numpy as np
 import pytest
 
-from maskjax.config_media import audio_base_config, fsdd_data
+from maskjax.config import audio_base_config, fsdd_data
 from maskjax.data.audio.benchmark import audio_pipeline_throughput
 from maskjax.data.audio.pipeline import SpecAugment, make_audio_pipeline, mask_along_axis, roll_mag, take_spectrograms
 from maskjax.data.audio.sources import FsddSource, TfdsAudioSource, WavFolderSource, open_audio_source, read_wav

@@ -196,7 +196,7 @@ def test_worker_processes_give_the_same_stream(mp4_root, tmp_path):
 
 
 def _video_config(**data):
-    from maskjax.config_media import moving_cifar_data, video_base_config
+    from maskjax.config import moving_cifar_data, video_base_config
 
     config = video_base_config()
     moving_cifar_data(config)

@@ -1,6 +1,6 @@
 """The audio modality: AudioMAE log-mel spectrograms from FSDD, WAV folders or prepared TFDS.
 
-Reads the ``data`` fields of `maskjax.config_media.audio_base_config`; a method with
+Reads the ``data`` fields of `maskjax.config.audio_base_config`; a method with
 ``modality = "audio"`` gets its batches ``{"spectrogram": f32[b, T, F, 1], "label": i32[b]}``
 from here.
 """

@@ -19,7 +19,7 @@ import platform
 import subprocess
 import time
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,114 +52,24 @@ class Table:
     noise: float = 0.0     # claim-metric spread (fraction) below which the ordering is "inconclusive"
 
 
-# The CIFAR-10 mini ablations: a ViT-Pico/4 MAE on the 10,000 bundled CIFAR-10 training images,
-# 4 epochs, then MAE's linear probe (small-data variant: cached features, no augmentation) and
-# MAE fine-tuning (2 epochs) evaluated on the 2,000 bundled test images.
-_CIFAR_BASE = {
-    "epochs": 4,
-    "evals": {
-        # lr 6.4 = the paper's blr 0.1 x 16384 / 256: LARS scales >1-D updates by 0.001 x |w|, so
-        # the probe needs the paper's absolute lr, not its blr at a small batch (measured: blr 1.0
-        # probes 37.5%, 6.4 probes 40.9% on the same checkpoint; 200 made the bias diverge).
-        "probe": {"type": "linear_probe", "epochs": 50, "batch_size": 256, "blr": 6.4, "warmup_epochs": 5,
-                  "cache_features": True},
-        "finetune": {"type": "finetune", "epochs": 2, "batch_size": 128, "blr": 1e-3, "layer_decay": 0.65,
-                     "drop_path": 0.1, "warmup_epochs": 0.5},
-    },
-}
-_PAPER_T1 = ("MAE paper Table 1 (ViT-L/16, 800 epochs, ImageNet-1K; values recalled in "
-             "specs/methods_vision.md §1(e), marked there as unverified)")
-_METRICS = {"linear probe top-1": "eval/probe/top1", "fine-tune top-1": "eval/finetune/top1"}
+_TABLES: dict[str, Table] = {}
 
-TABLES = {
-    "mae_cifar_mask_ratio": Table(
-        "mae_cifar_mask_ratio", "MAE mini ablation (a): masking ratio", "configs/mae/default.py", _CIFAR_BASE,
-        (Row("ratio 0.50", {"masking.ratio": 0.5}, {}),
-         Row("ratio 0.75", {"masking.ratio": 0.75}, {"linear probe top-1": 73.5, "fine-tune top-1": 84.9}),
-         Row("ratio 0.90", {"masking.ratio": 0.9}, {})),
-        _METRICS, "MAE paper Fig. 5 (ViT-L/16); only the 75% point is recorded in the spec",
-        "linear probing rises up to a 75% ratio and drops after it", "ratio 0.75", "linear probe top-1"),
-    "mae_cifar_decoder_depth": Table(
-        "mae_cifar_decoder_depth", "MAE mini ablation (b): decoder depth", "configs/mae/default.py", _CIFAR_BASE,
-        (Row("depth 1", {"model.decoder_depth": 1}, {"linear probe top-1": 65.5, "fine-tune top-1": 84.8}),
-         Row("depth 2", {"model.decoder_depth": 2}, {"linear probe top-1": 70.0, "fine-tune top-1": 84.9}),
-         Row("depth 4", {"model.decoder_depth": 4}, {"linear probe top-1": 71.9, "fine-tune top-1": 84.9})),
-        _METRICS, _PAPER_T1, "a deeper decoder improves linear probing (fine-tuning is flat)", "depth 4",
-        "linear probe top-1"),
-    "mae_cifar_target": Table(
-        "mae_cifar_target", "MAE mini ablation (c): reconstruction target", "configs/mae/default.py", _CIFAR_BASE,
-        (Row("pixel (no norm)", {"loss.norm_pix": False}, {"linear probe top-1": 73.5, "fine-tune top-1": 84.9}),
-         Row("pixel (norm-pix)", {"loss.norm_pix": True}, {"linear probe top-1": 73.9, "fine-tune top-1": 85.4})),
-        _METRICS, _PAPER_T1, "normalised pixels are a better target than raw pixels", "pixel (norm-pix)",
-        "fine-tune top-1"),
-}
 
-# The WikiText-2 masked-LM mini reproductions: BERT-Tiny (2 x 128) on `valid.txt`, evaluated on
-# `test.txt` by held-out masked-token accuracy at a fixed 15 % [MASK]-only masking and by
-# fine-tuning on the word-order proxy task (`maskjax.data.text.glue.wikitext_order_task`).
-_MLM_CONFIG = "configs/bert/wikitext_tiny.py"
-_MLM_STEPS = 6000
-_MLM_BASE = {
-    "total_steps": _MLM_STEPS, "global_batch": 64, "optim.warmup_steps": _MLM_STEPS // 20,
-    "evals": {
-        "mlm": {"type": "mlm", "every_steps": 0, "batch_size": 64},
-        "order": {"type": "text_classify", "every_steps": 0, "n_train": 4000, "n_test": 1000, "seq_len": 64,
-                  "epochs": 4, "batch_size": 32, "lr": 3e-4, "random_init": True},
-    },
-}
-_MLM_METRICS = {"held-out MLM accuracy @15%": "eval/mlm/accuracy", "order-task accuracy": "eval/order/accuracy",
-                "order-task, random-init encoder": "eval/order/random_init_accuracy"}
-_MLM_SETUP = (f"BERT-Tiny (2 layers, 128 wide, post-LN, dropout 0.1) with an 8,192-token WordPiece vocabulary "
-              f"trained on WikiText-2 `valid.txt`; 128-token blocks; {_MLM_STEPS} steps of 64 blocks (about 190 "
-              "epochs of `valid.txt`'s 2,024 blocks, with new masks every time), BERT's AdamW without bias correction, peak lr 1e-3, 5 % warmup then linear "
-              "decay. Evaluation on WikiText-2 `test.txt`: masked-token accuracy at a fixed 15 % [MASK]-only "
-              "masking, and fine-tuning (4 epochs, 4,000 examples, lr 3e-4) on the word-order proxy task "
-              "(original sentence vs. one with adjacent words swapped; 1,000 test sentences).")
-_MLM_SMOKE = {"model.variant": "mu", "global_batch": 8, "total_steps": 2, "log_every_steps": 1, "progress": False,
-              "optim.warmup_steps": 1}
-_MLM_SMOKE_EVALS = {
-    "mlm": {"type": "mlm", "batch_size": 8, "batches": 2},
-    "order": {"type": "text_classify", "n_train": 64, "n_test": 32, "seq_len": 32, "epochs": 1, "batch_size": 16},
-}
-# Two binomial standard errors of an accuracy near 50 % on the 1,000 test sentences.
-_ORDER_NOISE = 2 * (0.25 / 1000) ** 0.5
-_BERT_15 = {"masking.ratio": 0.15, "masking.mix": (0.8, 0.1, 0.1), "masking.max_predictions": 21}
-_WETTIG = ("Wettig et al. 2023 README 'Model List' (RoBERTa-large size, efficient recipe, GLUE dev MNLI); "
-           "specs/methods_text_gen.md 4c")
+def register_table(table: Table) -> Table:
+    """Adds ``table`` to the ledger under ``table.name`` (a table module calls this when imported)."""
+    if table.name in _TABLES and _TABLES[table.name] is not table:
+        raise ValueError(f"a ledger table named {table.name!r} is already registered")
+    _TABLES[table.name] = table
+    return table
 
-TABLES.update({
-    "mlm_wikitext_masking": Table(
-        "mlm_wikitext_masking", "Masked-LM mini ablation: masking rate and replacement", _MLM_CONFIG, _MLM_BASE,
-        (Row("15%, 80-10-10", _BERT_15, {"order-task accuracy": 83.7}),
-         Row("15%, all [MASK]", {**_BERT_15, "masking.mix": (1.0, 0.0, 0.0)}, {"order-task accuracy": 84.2}),
-         Row("40%, 80-10-10", {"masking.ratio": 0.4, "masking.mix": (0.8, 0.1, 0.1), "masking.max_predictions": 53},
-             {"order-task accuracy": 84.3}),
-         Row("40%, all [MASK]", {"masking.ratio": 0.4, "masking.mix": (1.0, 0.0, 0.0), "masking.max_predictions": 53},
-             {"order-task accuracy": 84.5})),
-        _MLM_METRICS, _WETTIG, "40 % masking with all-[MASK] replacement fine-tunes best (MNLI 84.5)",
-        "40%, all [MASK]", "order-task accuracy", setup=_MLM_SETUP, smoke=_MLM_SMOKE, smoke_evals=_MLM_SMOKE_EVALS,
-        paper_note="The paper column under 'order-task accuracy' is the paper's MNLI dev accuracy.",
-        noise=_ORDER_NOISE),
-    "mlm_wikitext_electra": Table(
-        "mlm_wikitext_electra", "ELECTRA vs BERT at the same size and steps", _MLM_CONFIG, _MLM_BASE,
-        (Row("BERT-Tiny (MLM 15%)", _BERT_15, {"order-task accuracy": 75.1}),
-         Row("ELECTRA-Tiny (RTD, generator 1/4)",
-             {"method": "electra", "masking.kind": "electra", "optim.schedule": "linear_electra",
-              "masking.max_predictions": 19}, {"order-task accuracy": 79.9})),
-        _MLM_METRICS, "ELECTRA paper Table 1, GLUE dev: ELECTRA-Small 79.9 vs BERT-Small 75.1 "
-        "(specs/methods_text_gen.md 6d, recalled there and marked UNVERIFIED)",
-        "replaced-token detection fine-tunes better than MLM at the same model size and compute",
-        "ELECTRA-Tiny (RTD, generator 1/4)", "order-task accuracy", setup=_MLM_SETUP, smoke=_MLM_SMOKE,
-        smoke_evals=_MLM_SMOKE_EVALS,
-        paper_note="The paper column under 'order-task accuracy' is the paper's GLUE dev average; ELECTRA's "
-                   "held-out MLM accuracy is its small generator's.",
-        noise=_ORDER_NOISE),
-})
 
-# The video and audio tables live in their own module (it imports Row and Table from here).
-from maskjax.repro_media import MEDIA_TABLES  # noqa: E402
+def tables() -> dict[str, Table]:
+    """Every registered table by name: the modules of ``maskjax.repro`` and the ``maskjax.tables`` entry points."""
+    from maskjax import plugins
 
-TABLES.update(MEDIA_TABLES)
+    plugins.discover("maskjax.repro", plugins.TABLES, skip=("ledger",))
+    return dict(_TABLES)
+
 
 SMOKE = {"model.variant": "mu/4", "data.image_size": 16, "model.decoder_width": 32, "model.decoder_heads": 2,
          "global_batch": 16, "total_steps": 2, "log_every_steps": 1, "progress": False}
@@ -334,9 +244,9 @@ def _setup_text(table: Table, smoke: bool) -> str:
 
 def run_table(name: str, *, out_dir: str, runs_dir: str, smoke: bool = False, max_rows: int | None = None) -> str:
     """Runs table ``name`` and writes its markdown page; returns the page's path."""
-    if name not in TABLES:
-        raise SystemExit(f"maskjax repro: unknown table {name!r}; known: {', '.join(sorted(TABLES))}")
-    table = TABLES[name]
+    if name not in tables():
+        raise SystemExit(f"maskjax repro: unknown table {name!r}; known: {', '.join(sorted(tables()))}")
+    table = tables()[name]
     if max_rows:
         table = dataclasses.replace(table, rows=table.rows[:max_rows])
     results = [run_row(table, row, runs_dir, smoke) for row in table.rows]
@@ -351,7 +261,7 @@ def run_table(name: str, *, out_dir: str, runs_dir: str, smoke: bool = False, ma
 def main(argv: list[str]) -> int:
     """``maskjax repro NAME [--smoke] [--out docs/results] [--runs runs/repro] [--max-rows N]``."""
     parser = argparse.ArgumentParser(prog="maskjax repro", description=main.__doc__)
-    parser.add_argument("name", nargs="?", help=f"one of: {', '.join(sorted(TABLES))}, or 'all'")
+    parser.add_argument("name", nargs="?", help=f"one of: {', '.join(sorted(tables()))}, or 'all'")
     parser.add_argument("--smoke", action="store_true", help="tiny rows (proves the pipeline, seconds)")
     parser.add_argument("--out", default=os.path.join(REPO_ROOT, "docs", "results"))
     parser.add_argument("--runs", default=os.path.join("runs", "repro"))
@@ -359,10 +269,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--list", action="store_true", help="list the tables")
     args = parser.parse_args(argv)
     if args.list or not args.name:
-        for name, table in sorted(TABLES.items()):
+        for name, table in sorted(tables().items()):
             print(f"{name}: {table.title} ({len(table.rows)} rows)")
         return 0
-    names = sorted(TABLES) if args.name == "all" else [args.name]
+    names = sorted(tables()) if args.name == "all" else [args.name]
     for name in names:
         run_table(name, out_dir=args.out, runs_dir=args.runs, smoke=args.smoke, max_rows=args.max_rows)
     return 0

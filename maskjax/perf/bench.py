@@ -14,7 +14,7 @@ the timed steps); the data wait is the time spent reading and transferring batch
 loop time. It is an upper bound of the stall the input causes: time the host spends reading while
 the device is still busy costs nothing.
 
-FLOPs: ``maskjax.flops`` (analytic, matmuls only, training = 3 x forward) and XLA's
+FLOPs: ``maskjax.perf.flops`` (analytic, matmuls only, training = 3 x forward) and XLA's
 ``compiled.cost_analysis()["flops"]``. The latter describes the SPMD-partitioned per-device
 program, so it is multiplied by the number of devices to compare with the global count. XLA counts
 a loop body once: scanned layers (``model.scan_layers``) and the blockwise attention (the CPU default
@@ -308,7 +308,7 @@ def bench_config(config, *, label: str, steps: int = 20, warmup: int = 3, synthe
     import jax
 
     from maskjax.data.pipeline import to_global_batch
-    from maskjax.flops import model_flops
+    from maskjax.perf.flops import model_flops
     from maskjax.train.loop import data_modality
     from maskjax.train.sharding import make_mesh
     from maskjax.train.state import create_state
@@ -344,7 +344,7 @@ def bench_config(config, *, label: str, steps: int = 20, warmup: int = 3, synthe
         data_s = data_s[warmup:warmup + steps]
         profile = None
         if profile_dir:
-            from maskjax.profiling import format_summary, summarize_trace
+            from maskjax.perf.profiling import format_summary, summarize_trace
 
             with jax.profiler.trace(profile_dir):  # the same loop, so the trace shows the timed steps' gaps
                 state, metrics, _, _ = run_pipelined(compiled, state, iterator, bsharding, profile_steps)
@@ -418,7 +418,7 @@ LEGEND = """\
 Step time: interval between two consecutive step completions with the next batch transferred while a step
 runs, as in the trainer (median of the timed steps after warm-up). Tokens: mae = image patches (all L per
 image), bert/electra = text token positions (seq_len per block). FLOPs: analytic = matmuls at 2 FLOPs per
-multiply-add, training = 3 x forward (maskjax/flops.py); XLA = compiled.cost_analysis() x devices (adds
+multiply-add, training = 3 x forward (maskjax/perf/flops.py); XLA = compiled.cost_analysis() x devices (adds
 elementwise and optimizer work). MFU = analytic TFLOP/s over the device peak (n/a where unknown, e.g. CPU
 without --peak-tflops). Data wait = time reading and transferring batches / loop time with the real input
 pipeline."""
@@ -478,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from maskjax.host_memory import tune_malloc
+    from maskjax.perf.host_memory import tune_malloc
 
     tune_malloc()  # before JAX starts its backends, as `maskjax bench` does
     sys.exit(main())

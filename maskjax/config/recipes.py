@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import ml_collections
 
-from maskjax.config import base_config, parse_arg, smoke
-
+from maskjax.config.loading import parse_arg
+from maskjax.config.schema import base_config
+from maskjax.config.smoke import smoke
 
 # MAE fine-tuning recipes (FINETUNE.md, tuned for norm-pix checkpoints; specs §1(d)).
 _FINETUNE = {"B": (100, 5e-4, 0.65, 0.1), "L": (50, 1e-3, 0.75, 0.2), "H": (50, 1e-3, 0.75, 0.3)}

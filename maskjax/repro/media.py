@@ -1,4 +1,4 @@
-"""The video and audio rows of the reproduction ledger (``maskjax repro``; see ``maskjax/repro.py``).
+"""The video and audio rows of the reproduction ledger (``maskjax repro``; see ``maskjax/repro/ledger.py``).
 
 - ``audiomae_fsdd``: AudioMAE pre-training on the Free Spoken Digit Dataset (real speech, official
   split), frozen-feature probe and fine-tuning of the encoder against a randomly initialised one.
@@ -10,7 +10,7 @@ the paper columns stay empty: the tables test the papers' qualitative claims onl
 
 from __future__ import annotations
 
-from maskjax.repro import Row, Table
+from maskjax.repro.ledger import Row, Table, register_table
 
 _AUDIO_METRICS = {
     "probe top-1": "eval/probe/top1", "probe, random-init": "eval/probe/random_init_top1",
@@ -68,3 +68,6 @@ MEDIA_TABLES = {
         # Two binomial standard errors of an accuracy near 50 % on the 1,000 test clips.
         noise=2 * (0.25 / 1000) ** 0.5),
 }
+
+for _table in MEDIA_TABLES.values():
+    register_table(_table)

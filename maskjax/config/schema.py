@@ -1,21 +1,17 @@
-"""The config schema every recipe fills in, and the ``file.py:arg`` loader.
+"""The config schema: defaults every recipe starts from, per family.
 
-Recipes under ``configs/`` start from :func:`base_config` and override fields; the config is
-locked, so a typo in an override (``--config.optim.lrr``) fails with "did you mean" instead of
-being silently ignored.
+:func:`base_config` holds the fields the trainer reads for every method (optimiser, mesh,
+checkpoint, evaluators) with MAE's values where a choice is needed; the family functions replace
+the ``model``, ``masking`` and ``data`` sections with their official defaults (specs sections
+1-8). The configs are locked ml-collections ConfigDicts, so a typo in an override fails.
 """
 
 from __future__ import annotations
-
-import importlib.util
-import pathlib
-from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
 
 from maskjax.train.sharding import DEFAULT_RULES
-
 
 def base_config() -> ml_collections.ConfigDict:
     """Defaults shared by all methods (MAE pre-training values where a choice is needed)."""
@@ -143,126 +139,99 @@ def text_base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def tfds_wikipedia(config: ml_collections.ConfigDict, seq_len: int = 128) -> None:
-    """Points a text recipe at TFDS ``wikipedia/20230601.en`` (prepared by the user), 1 % held out."""
-    config.data.kind = "tfds_text"
-    config.data.name = "wikipedia/20230601.en"
-    config.data.split = "train"
-    config.data.eval_split = "train[:1%]"
-    config.data.seq_len = seq_len
+# ImageNet statistics: VideoMAE and MAE-ST normalise frames with them.
+_PATH_FIELDS = ("path", "eval_path", "name", "data_dir")
 
 
-def wikitext2_dir() -> pathlib.Path:
-    """Where WikiText-2 (``valid.txt``, ``test.txt``) lives: ``$MASKJAX_WIKITEXT2`` or ``../shared/data``."""
-    import os
+def video_base_config() -> ml_collections.ConfigDict:
+    """Defaults of the video family: VideoMAE ViT-B, 16 frames at stride 4, tube masking at 0.9.
 
-    env = os.environ.get("MASKJAX_WIKITEXT2")
-    if env:
-        return pathlib.Path(env)
-    return pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikitext2"
-
-
-def wikitext2_data(config: ml_collections.ConfigDict, vocab_size: int = 8192) -> None:
-    """Points a text config at WikiText-2: train on ``valid.txt``, evaluate on ``test.txt``.
-
-    The vocabulary is a WordPiece of ``vocab_size`` trained on the training file (cached).
+    ``data.kind``: ``video_folder`` (video files decoded with PyAV, label = sub-folder),
+    ``array_record_video`` (clips pre-decoded once by ``maskjax predecode-video``),
+    ``tfds_video`` (a prepared TFDS dataset) or ``moving_cifar`` (synthetic clips of CIFAR-10
+    images moving over a canvas, built from ``data.path``).
     """
-    root = wikitext2_dir()
-    config.data.kind = "text"
-    config.data.doc_format = "wikitext"
-    config.data.path = str(root / "valid.txt")
-    config.data.eval_path = str(root / "test.txt")
-    config.data.vocab_path = None
-    config.data.vocab_size = vocab_size
+    c = base_config()
+    c.method = "videomae"
+    c.model = ml_collections.ConfigDict(dict(
+        variant="B/16",
+        tubelet_size=2,            # temporal patch size (2x16x16 tubelets)
+        decoder_width=384, decoder_depth=4, decoder_heads=6,
+        pred_t_dim=8,              # MAE-ST: target frames the decoder predicts
+        sep_pos_embed=True,        # MAE-ST: separable learned space / time position embeddings
+        cls_embed=True,            # MAE-ST: a cls token in encoder and decoder
+        trunc_init=False,          # MAE-ST: trunc-normal instead of xavier initialisation
+    ))
+    c.model.attention_impl = config_dict.placeholder(str)
+    c.masking = ml_collections.ConfigDict(dict(
+        kind="tube",               # tube (VideoMAE) | random (MAE-ST, spacetime-agnostic)
+        ratio=0.9,
+        decoder_ratio=0.0,         # VideoMAE V2 running-cell decoder masking (0.5); 0 = off
+    ))
+    c.loss = ml_collections.ConfigDict(dict(norm_pix=True))
+    c.data = ml_collections.ConfigDict(dict(
+        kind="video_folder",
+        split="train", eval_split="test",
+        num_frames=16, sampling_rate=4,
+        image_size=224,
+        augment="multiscale_crop",  # multiscale_crop (GroupMultiScaleCrop, no flip) | none
+        test_clips=1, test_crops=1,  # multi-view testing of the fine-tune evaluator
+        num_workers=0, shuffle_seed=0,
+        frame_size=0,               # ArrayRecord pre-decoding: shorter side in pixels (0 = keep)
+    ))
+    for field in _PATH_FIELDS:
+        c.data[field] = config_dict.placeholder(str)
+    c.data.num_train_examples = config_dict.placeholder(int)
+    # VideoMAE pre-training (section 5d): AdamW (0.9, 0.95), wd 0.05, lr 1.5e-4 x batch / 256,
+    # warmup 40 epochs then cosine to 1e-5 (scaled).
+    c.global_batch = 2048
+    c.epochs = 800
+    c.optim.base_lr = 1.5e-4
+    c.optim.warmup_epochs = 40.0
+    c.optim.min_lr = 1e-5 * c.global_batch / 256
+    return c
 
 
-def text_smoke(config: ml_collections.ConfigDict, *, global_batch: int = 8, steps: int = 2) -> None:
-    """Shrinks a text recipe's run (not its model) to a few CPU steps on WikiText-2."""
-    wikitext2_data(config)
-    _shrink_run(config, global_batch, steps)
-    config.optim.warmup_steps = 1
+def audio_base_config() -> ml_collections.ConfigDict:
+    """Defaults of AudioMAE pre-training on AudioSet-2M (section 8d).
 
-
-def load_config(spec: str) -> ml_collections.ConfigDict:
-    """Loads ``path/to/config.py[:arg]`` by calling its ``get_config(arg)``."""
-    path, _, arg = spec.partition(":")
-    file = pathlib.Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"config file {path!r} not found")
-    module_spec = importlib.util.spec_from_file_location(f"maskjax_config_{file.stem}", file)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ValueError(f"config file {path!r} has no get_config(arg) function")
-    return module.get_config(arg or None)
-
-
-def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> None:
-    """Sets dotted keys (``optim.base_lr``) on a config; unknown keys raise a clear error."""
-    for dotted, value in overrides.items():
-        node = config
-        parts = dotted.split(".")
-        for part in parts[:-1]:
-            if part not in node:
-                raise KeyError(f"unknown config field {dotted!r}")
-            node = node[part]
-        if parts[-1] not in node:
-            raise KeyError(f"unknown config field {dotted!r}")
-        node[parts[-1]] = value
-
-
-def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
-    """Parses a config argument ``"smoke"`` or ``"epochs=1600,smoke"`` against typed defaults.
-
-    A bare word sets a boolean default to True; ``key=value`` is converted to the default's type.
-    Unknown keys raise a clear error listing the accepted ones.
+    ``data.kind``: ``wav_folder`` (WAV files, label = sub-folder or file-name prefix),
+    ``fsdd`` (the Free Spoken Digit Dataset's ``recordings.tar``: official split, index 0-4 is
+    test) or ``tfds_audio`` (a prepared TFDS dataset, e.g. ``spoken_digit``).
     """
-    out = dict(defaults)
-    for item in filter(None, (arg or "").split(",")):
-        key, eq, value = item.partition("=")
-        key = key.strip()
-        if key not in defaults:
-            raise ValueError(f"unknown config argument {key!r}; accepted: {sorted(defaults)}")
-        kind = type(defaults[key])
-        if not eq:
-            if kind is not bool:
-                raise ValueError(f"config argument {key!r} needs a value ({key}=...)")
-            out[key] = True
-        elif kind is bool:
-            out[key] = value.lower() in ("1", "true", "yes")
-        else:
-            out[key] = kind(value)
-    return ml_collections.ConfigDict(out)
-
-
-def embedded_data(config: ml_collections.ConfigDict, image_size: int | None = None) -> None:
-    """Points ``config.data`` at the CIFAR-10 subset shipped inside the package (no download)."""
-    from maskjax.data import embedded_cifar10_path
-
-    root = embedded_cifar10_path()
-    config.data.kind = "folder"
-    config.data.path = f"{root}/train.tar.gz"
-    config.data.eval_path = f"{root}/test.tar.gz"
-    config.data.split = "train"
-    config.data.eval_split = "test"
-    config.data.name = None
-    if image_size is not None:
-        config.data.image_size = image_size
-
-
-def smoke(config: ml_collections.ConfigDict, *, global_batch: int = 8, steps: int = 2) -> None:
-    """Shrinks a recipe's run (not its model) to a few CPU steps on the embedded images."""
-    embedded_data(config)
-    _shrink_run(config, global_batch, steps)
-    config.optim.warmup_epochs = 0.0
-
-
-def _shrink_run(config: ml_collections.ConfigDict, global_batch: int, steps: int) -> None:
-    """A few logged steps on whatever devices there are, with no evaluators."""
-    config.global_batch = global_batch
-    config.grad_accum = 1
-    config.total_steps = steps
-    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, -1, 1
-    config.log_every_steps = 1
-    config.checkpoint.every_steps = steps
-    config.evals = ml_collections.ConfigDict()
+    c = base_config()
+    c.method = "audiomae"
+    c.model = ml_collections.ConfigDict(dict(
+        variant="B/16",
+        decoder_mode="swin",       # swin (16 local-attention blocks, official default) | global
+        decoder_width=512, decoder_depth=8, decoder_heads=16,
+        window=(4, 4), shift=(2, 0),
+        swin_depth=16,             # the official code hard-codes 16 local decoder blocks
+        pos_embed="official",      # official: the sin-cos grid built (F, T)-transposed, as released; aligned
+    ))
+    c.model.attention_impl = config_dict.placeholder(str)
+    c.masking = ml_collections.ConfigDict(dict(
+        kind="random",             # random (unstructured, pre-training) | time_freq
+        ratio=0.8, mask_t_prob=0.6, mask_f_prob=0.5,
+    ))
+    c.loss = ml_collections.ConfigDict(dict(norm_pix=True))
+    c.data = ml_collections.ConfigDict(dict(
+        kind="wav_folder",
+        split="train", eval_split="test",
+        sample_rate=16000,
+        num_mel_bins=128, target_length=1024,
+        frame_length_ms=25.0, frame_shift_ms=10.0,
+        norm_mean=-4.2677393, norm_std=4.5689974,   # AudioSet statistics
+        roll_mag_aug=True,
+        freqm=0, timem=0,          # SpecAugment widths (fine-tuning only)
+        num_workers=0, shuffle_seed=0,
+    ))
+    for field in _PATH_FIELDS:
+        c.data[field] = config_dict.placeholder(str)
+    c.data.num_train_examples = config_dict.placeholder(int)
+    c.global_batch = 512
+    c.epochs = 33
+    c.optim.base_lr = 2e-4
+    c.optim.weight_decay = 1e-4
+    c.optim.warmup_epochs = 3.0
+    return c

@@ -188,8 +188,8 @@ def fit_check(config, *, platform: str = "cpu", devices: int | None = None, topo
     """Compiles ``config``'s train step for the target without running it or allocating the model."""
     import jax
 
-    from maskjax.bench import batch_spec, build_setup, memory_breakdown, nominal_examples, xla_flops
-    from maskjax.flops import model_flops
+    from maskjax.perf.bench import batch_spec, build_setup, memory_breakdown, nominal_examples, xla_flops
+    from maskjax.perf.flops import model_flops
 
     devs, hosts, target = target_devices(platform, devices, topology)
     notes = [f"not checked (no data is read): {p}" for p in check_config(config, len(devs), hosts)]
@@ -216,7 +216,7 @@ def fit_check(config, *, platform: str = "cpu", devices: int | None = None, topo
 
 def format_report(r: FitReport, label: str) -> str:
     """The human-readable report printed by ``maskjax fitcheck``."""
-    from maskjax.bench import fmt_bytes
+    from maskjax.perf.bench import fmt_bytes
 
     m = r.memory
     lines = [f"fitcheck {label}: {r.target}, mesh {r.mesh}, global batch {r.global_batch} "
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         except FitcheckError as e:
             print(f"maskjax fitcheck: {e}", file=sys.stderr)
             return 2
-    from maskjax.bench import load
+    from maskjax.perf.bench import load
     from maskjax.train.validate import ConfigError
 
     try:
