@@ -65,6 +65,33 @@ def discover(package: str, group: str, *, skip: tuple[str, ...] = ()) -> None:
             load_entry_point(entry)
 
 
+def discover_named(package: str, module: str, group: str) -> None:
+    """Imports ``<package>.<sub>.<module>`` for every sub-package that has one, then ``group``'s entry points.
+
+    For registries whose built-in entries sit one level down (``maskjax/data/video/modality.py``).
+    Runs once per (package, group), with the same error rules as :func:`discover`.
+    """
+    with _lock:
+        key = (f"{package}/*/{module}", group)
+        if key in _done:
+            return
+        _done.add(key)
+        pkg = importlib.import_module(package)
+        for info in pkgutil.iter_modules(pkg.__path__, package + "."):
+            if not info.ispkg:
+                continue
+            sub = importlib.import_module(info.name)
+            if not any(m.name == module for m in pkgutil.iter_modules(sub.__path__)):
+                continue
+            try:
+                importlib.import_module(f"{info.name}.{module}")
+            except ModuleNotFoundError as e:
+                if (e.name or "").split(".")[0] == "maskjax":
+                    raise
+        for entry in entry_points(group):
+            load_entry_point(entry)
+
+
 def entry_points(group: str) -> list:
     """The installed entry points of ``group`` (an empty list when there are none)."""
     return list(importlib.metadata.entry_points(group=group))
@@ -79,10 +106,11 @@ def load_entry_point(entry) -> object:
                           f"{type(e).__name__}: {e}") from e
 
 
-def forget(package: str, group: str) -> None:
-    """Lets the next :func:`discover` of ``(package, group)`` scan again (tests install plugins late)."""
+def forget(group: str) -> None:
+    """Lets the next discovery for entry-point ``group`` scan again (a plugin installed after the first lookup)."""
     with _lock:
-        _done.discard((package, group))
+        for key in [k for k in _done if k[1] == group]:
+            _done.discard(key)
 
 
 def loaded(module: str) -> bool:

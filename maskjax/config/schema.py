@@ -235,3 +235,20 @@ def audio_base_config() -> ml_collections.ConfigDict:
     c.optim.weight_decay = 1e-4
     c.optim.warmup_epochs = 3.0
     return c
+
+
+def method_config(name: str, base: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigDict:
+    """``base`` (default :func:`base_config`) set to method ``name``, with its own section at ``config.<name>``.
+
+    The section holds the defaults of ``Method.config_section()``; a recipe file of a new method
+    starts here, so ``--config.<name>.<option>=...`` overrides work like any other field.
+    """
+    from maskjax.methods import method_class
+
+    config = base_config() if base is None else base
+    cls = method_class(name)
+    config.method = name
+    section = cls.config_section()
+    if section:
+        config[name] = ml_collections.ConfigDict(section)
+    return config

@@ -1,10 +1,14 @@
 """Input pipelines by modality: how the trainer opens a method's data without knowing the method.
 
-A method declares ``modality = "image"`` (the default) or ``"text"``; the trainer asks
-:func:`get_modality` for the matching :class:`Modality`, which opens the train / eval sources
-from ``config.data``, builds the grain pipeline of host batches and checks the data fields
-before anything is compiled. Adding a modality (audio, video) adds a class here, not a branch
-in the trainer.
+A method declares ``modality = "image"`` (the default), ``"video"``, ``"audio"`` or ``"text"``;
+the trainer asks :func:`get_modality` for the matching :class:`Modality`, which opens the train /
+eval sources from ``config.data``, builds the grain pipeline of host batches, checks the data
+fields before anything is compiled, gives evaluators examples (``take_examples``) and gives
+``bench``/``fitcheck`` the batch layout (``batch_spec``, ``synthetic_batch``).
+
+Modalities register themselves (``@register_modality``): the built-in ones live in this module
+and in ``maskjax/data/<name>/modality.py``, which :func:`get_modality` finds by walking the
+package; a package outside maskjax adds one under the ``maskjax.modalities`` entry-point group.
 """
 
 from __future__ import annotations
@@ -34,6 +38,32 @@ class Modality:
     def check(self, config, errors: list[str]) -> None:
         """Appends a message to ``errors`` for each problem in ``config.data``."""
 
+    def batch_spec(self, config) -> dict:
+        """Global shapes and dtypes of one training batch (``jax.ShapeDtypeStruct`` by key)."""
+        raise NotImplementedError(f"the {self.name!r} modality has no batch_spec")
+
+    def synthetic_batch(self, config, spec: dict, seed: int = 0) -> dict:
+        """This process's share of a batch of random values with ``spec``'s shapes (no data read).
+
+        Floats are standard normal, integers 0 except ``label`` (0 or 1); override for inputs
+        with structure (token ids).
+        """
+        import jax
+        import numpy as np
+
+        rng = np.random.default_rng(seed)
+        share = jax.process_count()
+        out = {}
+        for name, s in spec.items():
+            shape = (s.shape[0] // share,) + tuple(s.shape[1:])
+            if np.issubdtype(s.dtype, np.floating):
+                out[name] = rng.standard_normal(shape, dtype=np.float32).astype(s.dtype)
+            elif name.endswith("label"):
+                out[name] = rng.integers(0, 2, shape).astype(s.dtype)
+            else:
+                out[name] = np.zeros(shape, s.dtype)
+        return out
+
     def take_examples(self, config, source, indices) -> tuple[Any, Any]:
         """``(inputs, labels)`` of ``source[indices]`` with eval preprocessing (evaluators).
 
@@ -62,14 +92,11 @@ def get_modality(name: str) -> Modality:
 
 
 def _import_builtin() -> None:
-    from maskjax.data.audio import modality as _audio  # noqa: F401  (registers "audio"; no extra deps)
-    from maskjax.data.video import modality as _video  # noqa: F401  (registers "video"; PyAV loaded lazily)
-    # Text support imports `tokenizers`; keep it lazy so image-only use never needs it.
-    try:
-        from maskjax.data.text import modality  # noqa: F401
-    except ImportError as e:  # pragma: no cover - only without the text extras
-        if "maskjax.data.text" not in str(e) and "tokenizers" not in str(e):
-            raise
+    # Every `modality` module of a sub-package of maskjax.data, plus entry-point plugins; found by
+    # walking the package, so this module imports none of them (no cycle, no hand-kept list).
+    from maskjax import plugins
+
+    plugins.discover_named("maskjax.data", "modality", plugins.MODALITIES)
 
 
 IMAGE_KINDS = ("folder", "array_record", "tfds")
@@ -97,6 +124,15 @@ class ImageModality(Modality):
         return make_image_pipeline(source, global_batch=config.global_batch, image_size=d.image_size,
                                    train=train, seed=d.shuffle_seed, augment=d.augment if train else "none",
                                    num_workers=d.num_workers, crop_pct=d.crop_pct)
+
+    def batch_spec(self, config) -> dict:
+        """``image`` f32[B, S, S, C] and ``label`` i32[B]."""
+        import jax
+        import jax.numpy as jnp
+
+        b, s, c = int(config.global_batch), int(config.data.image_size), int(config.model.get("in_chans", 3))
+        return {"image": jax.ShapeDtypeStruct((b, s, s, c), jnp.float32),
+                "label": jax.ShapeDtypeStruct((b,), jnp.int32)}
 
     def take_examples(self, config, source, indices):
         """Resized, center-cropped, normalised images [n, S, S, 3] and int labels."""

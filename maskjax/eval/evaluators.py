@@ -8,7 +8,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from maskjax.data.pipeline import take_arrays
+from maskjax.data.modalities import get_modality
 from maskjax.eval.finetune import mae_finetune
 from maskjax.eval.knn import knn_accuracy
 from maskjax.eval.linear_probe import extract_features, fit_linear_probe
@@ -23,15 +23,10 @@ def subset(n_total: int, n: int, seed: int) -> np.ndarray:
     return np.sort(rng.permutation(n_total)[: min(n, n_total)])
 
 
-def encoder_of(model):
-    """The ViT encoder of a model (an MAE's ``encoder`` or the model itself)."""
-    return getattr(model, "encoder", model)
-
-
-def cls_features(encoder, images: np.ndarray) -> np.ndarray:
-    """Frozen cls-token features after the encoder's final norm."""
-    apply = jax.jit(lambda enc, x: enc(x)[1]["cls"])
-    return extract_features(lambda x: apply(encoder, x), images)
+def method_features(method, model, inputs: np.ndarray) -> np.ndarray:
+    """Frozen features ``method.features(model, x)`` of ``inputs``, jitted, in batches (numpy [N, D])."""
+    apply = jax.jit(lambda m, x: method.features(m, x))
+    return extract_features(lambda x: apply(model, x), inputs)
 
 
 def _num_classes(*label_arrays) -> int:
@@ -58,21 +53,24 @@ def reconstruction(model, options, ctx) -> dict:
     """Writes ``reconstruction[_step].png``: original | masked | reconstruction."""
     config = ctx.config
     idx = subset(len(ctx.eval_source), options.get("num_images", 8), seed=1)
-    images, _ = take_arrays(ctx.eval_source, idx, config.data.image_size, crop_pct=config.data.crop_pct)
+    images, _ = _take(ctx, ctx.eval_source, idx)
     name = "reconstruction.png" if ctx.final else f"reconstruction_{ctx.step}.png"
     path = os.path.join(ctx.workdir, name)
-    reconstruction_figure(model, images, jax.random.key(0), config.masking.ratio, config.loss.norm_pix, path,
-                          stats=options.get("stats", "visible"))
+    reconstruction_figure(ctx.method, model, images, jax.random.key(0), path, stats=options.get("stats", "visible"))
     _say(f"wrote {path}")
     return {}
 
 
+def _take(ctx, source, indices):
+    """``(inputs, labels)`` of ``source[indices]`` with the eval preprocessing of the method's modality."""
+    return get_modality(ctx.method.modality).take_examples(ctx.config, source, indices)
+
+
 def _probe_data(options, ctx):
-    config = ctx.config
     tr = subset(len(ctx.train_source), options.get("train_examples", 4000), seed=2)
     te = subset(len(ctx.eval_source), options.get("test_examples", 1000), seed=3)
-    xtr, ytr = take_arrays(ctx.train_source, tr, config.data.image_size, crop_pct=config.data.crop_pct)
-    xte, yte = take_arrays(ctx.eval_source, te, config.data.image_size, crop_pct=config.data.crop_pct)
+    xtr, ytr = _take(ctx, ctx.train_source, tr)
+    xte, yte = _take(ctx, ctx.eval_source, te)
     return xtr, ytr, xte, yte
 
 
@@ -82,13 +80,12 @@ def quick_probe(model, options, ctx) -> dict:
     xtr, ytr, xte, yte = _probe_data(options, ctx)
     classes = _num_classes(ytr, yte)
     steps = options.get("steps", 500)
-    enc = encoder_of(model)
-    trained = fit_linear_probe(cls_features(enc, xtr), ytr, cls_features(enc, xte), yte, classes, steps=steps)
+    feats = lambda m, x: method_features(ctx.method, m, x)
+    trained = fit_linear_probe(feats(model, xtr), ytr, feats(model, xte), yte, classes, steps=steps)
     out = {"top1": trained["test_accuracy"]}
     if options.get("random_baseline", True):
         random_model = ctx.method.build(nnx.Rngs(params=jax.random.key(ctx.config.seed + 12345)))
-        renc = encoder_of(random_model)
-        base = fit_linear_probe(cls_features(renc, xtr), ytr, cls_features(renc, xte), yte, classes, steps=steps)
+        base = fit_linear_probe(feats(random_model, xtr), ytr, feats(random_model, xte), yte, classes, steps=steps)
         out["random_init_top1"] = base["test_accuracy"]
     _say(f"linear probe (frozen cls feature, {len(ytr)} train / {len(yte)} test images): top-1 "
          f"{100 * out['top1']:.1f}% pre-trained"
@@ -100,8 +97,8 @@ def quick_probe(model, options, ctx) -> dict:
 def knn(model, options, ctx) -> dict:
     """Cosine kNN (k=20, T=0.07) on frozen cls features of the training and held-out splits."""
     xtr, ytr, xte, yte = _probe_data(options, ctx)
-    enc = encoder_of(model)
-    acc = knn_accuracy(cls_features(enc, xtr), ytr, cls_features(enc, xte), yte, _num_classes(ytr, yte),
+    acc = knn_accuracy(method_features(ctx.method, model, xtr), ytr, method_features(ctx.method, model, xte), yte,
+                       _num_classes(ytr, yte),
                        k=options.get("k", 20), temperature=options.get("temperature", 0.07))
     _say(f"kNN (k={options.get('k', 20)}): top-1 {100 * acc:.1f}%")
     return {"top1": acc}
@@ -112,7 +109,7 @@ def linear_probe(model, options, ctx) -> dict:
     """MAE's linear-probe protocol (LARS, BatchNorm without affine, TF-style crops)."""
     config = ctx.config
     out = mae_linear_probe(
-        encoder_of(model), ctx.train_source, ctx.eval_source, image_size=config.data.image_size,
+        ctx.method.encoder(model), ctx.train_source, ctx.eval_source, image_size=config.data.image_size,
         num_classes=source_classes(ctx.train_source, options),
         epochs=options.get("epochs", 90), batch_size=options.get("batch_size", 16384),
         blr=options.get("blr", 0.1), warmup_epochs=options.get("warmup_epochs", 10),
@@ -129,7 +126,7 @@ def finetune(model, options, ctx) -> dict:
     keys = ("epochs", "batch_size", "blr", "layer_decay", "drop_path", "weight_decay", "warmup_epochs",
             "min_lr", "mixup", "cutmix", "label_smoothing", "pool", "augment", "max_eval", "train_examples")
     kwargs = {k: options[k] for k in keys if k in options}
-    out = mae_finetune(encoder_of(model), ctx.train_source, ctx.eval_source, image_size=config.data.image_size,
+    out = mae_finetune(ctx.method.encoder(model), ctx.train_source, ctx.eval_source, image_size=config.data.image_size,
                        num_classes=source_classes(ctx.train_source, options), crop_pct=config.data.crop_pct,
                        seed=config.seed, variant=config.model.variant, **kwargs)
     _say(f"MAE fine-tune: top-1 {100 * out['top1']:.1f}% after {out['steps']} steps")

@@ -3,7 +3,7 @@
 The ``mlm`` evaluator corrupts held-out blocks with a fixed rate (``masking.eval_ratio``,
 15 % by default) of [MASK]-only BERT masking drawn from a fixed seed, so every checkpoint and
 every training recipe (15 % or 40 %, 80/10/10 or all-[MASK]) is scored on the same task. The
-method supplies ``heldout_stats(model, batch, keys, rate)`` (sums), so BERT scores its MLM head
+method supplies ``eval_stats(model, batch, keys, {"rate": rate})`` (sums), so BERT scores its MLM head
 and ELECTRA its generator.
 """
 
@@ -30,7 +30,7 @@ def heldout_mlm(method, model, source, *, rate: float, batch_size: int = 32, max
         batch_size = len(source)
     if batch_size < 1:
         raise ValueError("the held-out text source is empty")
-    stats = jax.jit(lambda m, b, k: method.heldout_stats(m, b, k, rate))
+    stats = jax.jit(lambda m, b, k: method.eval_stats(m, b, k, {"rate": rate}))
     base = jax.random.key(seed)
     totals = {"nll_sum": 0.0, "correct": 0.0, "count": 0.0}
     batches = make_text_pipeline(source, global_batch=batch_size, train=False, seed=seed,

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 from maskjax.masking import mask_from_noise, num_kept, uniform_noise
 from maskjax.masking.audio import num_kept_lines, time_freq_mask
 from maskjax.methods import register
-from maskjax.methods.mae import compute_dtype
+from maskjax.methods.base import Method
+from maskjax.methods.mae import compute_dtype, encoder_features
 from maskjax.models.audio_mae import DECODER_MODES, POS_EMBEDS, AudioMAE
 from maskjax.models.layers import patchify
 from maskjax.models.swin_decoder import calc_window_shift
@@ -51,10 +52,9 @@ def _check_masking(config, grid: tuple[int, int] | None, errors: list[str]) -> N
 
 
 @register("audiomae")
-class AudioMAEMethod:
+class AudioMAEMethod(Method):
     """Masked Autoencoders that Listen (Huang et al., NeurIPS 2022)."""
 
-    name = "audiomae"
     modality = "audio"
 
     @staticmethod
@@ -98,7 +98,7 @@ class AudioMAEMethod:
         _check_masking(config, grid, errors)
 
     def __init__(self, config):
-        self.config = config
+        super().__init__(config)
         self.kind = config.masking.get("kind", "random")
         if self.kind not in MASK_KINDS:
             raise ValueError(f"masking.kind {self.kind!r} is not an AudioMAE masking; use one of {MASK_KINDS}")
@@ -147,3 +147,17 @@ class AudioMAEMethod:
             target = norm_pix_target(target)
         loss, _ = masked_mse(pred, target, mask.mask)
         return loss, {"loss": loss}
+
+    def features(self, model, inputs, pool=None):
+        """The encoder's mean-pooled patch tokens (``pool="pooled"``, the fine-tuning feature) or ``"cls"``."""
+        return encoder_features(model.encoder, inputs, pool, default="pooled")
+
+    def encoder(self, model):
+        """The encoder that fine-tuning evaluators train."""
+        return model.encoder
+
+    def flops(self, global_batch):
+        """Analytic count of one training step (:mod:`maskjax.models.flop_count`)."""
+        from maskjax.models import flop_count
+
+        return flop_count.audiomae_flops(self.config, global_batch)

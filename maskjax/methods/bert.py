@@ -17,7 +17,6 @@ new masks (RoBERTa) and a resumed run draws exactly the masks of an uninterrupte
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +24,7 @@ import jax.numpy as jnp
 from maskjax.masking import bert_mask, ngram_mask, span_mask
 from maskjax.methods import register
 from maskjax.methods.text_common import (
-    SpecialIds, check_text_config, current_rate, model_kwargs, rate_schedule, split_example_keys)
+    TextMethod, check_text_config, current_rate, model_kwargs, rate_schedule, split_example_keys)
 from maskjax.models.bert import BertPretrainer
 from maskjax.objectives.text import mlm_loss, nsp_loss, sbo_loss, spanbert_mlm_loss
 
@@ -35,11 +34,8 @@ EVAL_MIX = (1.0, 0.0, 0.0)
 
 
 @register("bert")
-class BERT:
+class BERT(TextMethod):
     """BERT (Devlin et al. 2019) and the masked-LM variants named in the module docstring."""
-
-    name = "bert"
-    modality = "text"
 
     @staticmethod
     def check_config(config, errors: list[str]) -> None:
@@ -51,7 +47,7 @@ class BERT:
             errors.append("masking.kind='electra' belongs to method 'electra'")
 
     def __init__(self, config):
-        self.config = config
+        super().__init__(config)
         self.schedule = rate_schedule(config)
         k = config.masking
         self.kind = k.kind
@@ -59,11 +55,6 @@ class BERT:
         self.max_predictions = int(k.max_predictions)
         self.sbo = bool(config.model.get("sbo", False))
         self.nsp = bool(config.model.get("nsp", False))
-
-    @functools.cached_property
-    def ids(self) -> SpecialIds:
-        """Special token ids, read from the vocabulary on first use (building needs none)."""
-        return SpecialIds.from_config(self.config)
 
     def build(self, rngs):
         """A :class:`BertPretrainer` of ``model.variant`` with the NSP / SBO heads the config asks for."""
@@ -132,6 +123,12 @@ class BERT:
     def encoder(self, model):
         """The BERT encoder module to fine-tune (``(hidden, aux)`` from ids, segments, mask)."""
         return model.encoder
+
+    def flops(self, global_batch):
+        """Encoder on the whole block, MLM head on the predicted positions, NSP/SBO heads (flop_count.bert_flops)."""
+        from maskjax.models.flop_count import bert_flops
+
+        return bert_flops(self.config, global_batch)
 
 
 def masked_token_sums(logits, labels, weights) -> dict:

@@ -10,7 +10,6 @@ share the embeddings.
 
 from __future__ import annotations
 
-import functools
 
 import jax.numpy as jnp
 
@@ -18,18 +17,15 @@ from maskjax.masking import electra_mask
 from maskjax.methods import register
 from maskjax.methods.bert import EVAL_MIX, masked_token_sums
 from maskjax.methods.text_common import (
-    SpecialIds, check_text_config, current_rate, model_kwargs, rate_schedule, split_example_keys)
+    TextMethod, check_text_config, current_rate, model_kwargs, rate_schedule, split_example_keys)
 from maskjax.models.bert import BertEncoder
 from maskjax.models.electra import Electra
 from maskjax.objectives.text import electra_corrupt, gumbel_sample, mlm_loss, rtd_loss
 
 
 @register("electra")
-class ELECTRA:
+class ELECTRA(TextMethod):
     """Generator + discriminator pre-training; the discriminator is the model to fine-tune."""
-
-    name = "electra"
-    modality = "text"
 
     @staticmethod
     def check_config(config, errors: list[str]) -> None:
@@ -41,18 +37,13 @@ class ELECTRA:
             errors.append("method 'electra' has no NSP or SBO head: set model.nsp=False and model.sbo=False")
 
     def __init__(self, config):
-        self.config = config
+        super().__init__(config)
         self.schedule = rate_schedule(config)
         self.max_predictions = int(config.masking.max_predictions)
         m = config.model
         self.gen_weight = float(m.get("gen_weight", 1.0))
         self.disc_weight = float(m.get("disc_weight", 50.0))
         self.temperature = float(m.get("temperature", 1.0))
-
-    @functools.cached_property
-    def ids(self) -> SpecialIds:
-        """Special token ids, read from the vocabulary on first use (building needs none)."""
-        return SpecialIds.from_config(self.config)
 
     def build(self, rngs):
         """An :class:`Electra` whose generator is ``model.generator_fraction`` of the discriminator."""
@@ -99,6 +90,12 @@ class ELECTRA:
     def encoder(self, model):
         """The discriminator as a :class:`BertEncoder` sharing the model's modules (for fine-tuning)."""
         return SharedEncoder(model.cfg, model.embeddings, model.discriminator)
+
+    def flops(self, global_batch):
+        """Generator with its MLM head plus the discriminator on every token (flop_count.electra_flops)."""
+        from maskjax.models.flop_count import electra_flops
+
+        return electra_flops(self.config, global_batch)
 
 
 class SharedEncoder(BertEncoder):

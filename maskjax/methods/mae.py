@@ -6,9 +6,16 @@ import jax.numpy as jnp
 
 from maskjax.masking import mask_from_noise, uniform_noise
 from maskjax.methods import register
-from maskjax.models.layers import patchify
+from maskjax.methods.base import Method, NotSupported
+from maskjax.models.layers import patchify, unpatchify
 from maskjax.models.mae import MaskedAutoencoder
-from maskjax.objectives.pixels import masked_mse, norm_pix_target
+from maskjax.objectives.pixels import denormalize_prediction, masked_mse, norm_pix_target
+
+RECON_CAPTIONS = {
+    "hidden": "norm-pix prediction de-normalised with each hidden patch's true mean/var (leaks them)",
+    "visible": "norm-pix prediction de-normalised with mean/var of the visible patches only (no leak)",
+    "none": "plain pixel target: prediction shown as is",
+}
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -54,11 +61,20 @@ def check_vit_config(config, errors: list[str]) -> None:
         errors.append(f"model.decoder_width {width} is not divisible by model.decoder_heads {heads}")
 
 
+def encoder_features(encoder, inputs, pool: str | None, default: str = "cls"):
+    """``aux[pool]`` of a maskjax encoder's ``(tokens, aux)`` output: "cls" or "pooled" (mean of patch tokens)."""
+    _, aux = encoder(inputs)
+    pool = pool or default
+    if pool not in aux:
+        raise NotSupported(f"the encoder offers the features {sorted(k for k in aux if k != 'tokens')}, "
+                           f"not {pool!r}")
+    return aux[pool]
+
+
 @register("mae")
-class MAE:
+class MAE(Method):
     """Masked Autoencoders Are Scalable Vision Learners (He et al., CVPR 2022)."""
 
-    name = "mae"
     modality = "image"
 
     @staticmethod
@@ -67,7 +83,7 @@ class MAE:
         check_vit_config(config, errors)
 
     def __init__(self, config):
-        self.config = config
+        super().__init__(config)
         self.mask_ratio = float(config.masking.ratio)
         self.norm_pix = bool(config.loss.norm_pix)
 
@@ -94,3 +110,40 @@ class MAE:
         noise = uniform_noise(keys, images.shape[0], model.num_patches)
         loss, _, _, _ = mae_forward(model, images, noise, self.mask_ratio, self.norm_pix)
         return loss, {"loss": loss}
+
+    def features(self, model, inputs, pool=None):
+        """The encoder's cls token after its final norm (MAE's probe feature), or ``pool="pooled"``."""
+        return encoder_features(model.encoder, inputs, pool)
+
+    def encoder(self, model):
+        """The ViT encoder (what MAE fine-tunes)."""
+        return model.encoder
+
+    def reconstruct(self, model, inputs, key, stats: str = "visible"):
+        """Original | masked | reconstruction of ``inputs`` (normalised images) at the config's ratio.
+
+        Arrays [B, H, W, C] in the input's normalisation (hidden patches of "masked" are NaN); the
+        reconstruction shows the prediction on hidden patches and the input on visible ones. With
+        a norm-pix target, ``stats`` picks how predictions are de-normalised
+        (:func:`~maskjax.objectives.pixels.denormalize_prediction`); "caption" says which.
+        """
+        images = jnp.asarray(inputs)
+        b, h, w, _ = images.shape
+        p = model.patch_size
+        noise = uniform_noise(key, b, model.num_patches)
+        _, pred, target, mask = mae_forward(model, images, noise, self.mask_ratio, norm_pix=False)
+        hidden = mask.mask
+        if self.norm_pix:
+            pred = denormalize_prediction(pred, target, hidden, stats)
+        recon = jnp.where(hidden[..., None], pred, target)
+        masked = jnp.where(hidden[..., None], jnp.nan, target)
+        grid = (h // p, w // p)
+        caption = f"mask ratio {self.mask_ratio:.2f}; " + RECON_CAPTIONS[stats if self.norm_pix else "none"]
+        return {"original": images, "masked": unpatchify(masked, p, *grid),
+                "reconstruction": unpatchify(recon, p, *grid), "caption": caption}
+
+    def flops(self, global_batch):
+        """Patch embed on all patches, encoder on the visible ones, decoder on all (flop_count.mae_flops)."""
+        from maskjax.models.flop_count import mae_flops
+
+        return mae_flops(self.config, global_batch)

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 from maskjax.masking import mask_from_noise, num_kept, uniform_noise
 from maskjax.methods import register
-from maskjax.methods.mae import compute_dtype
+from maskjax.methods.base import Method
+from maskjax.methods.mae import compute_dtype, encoder_features
 from maskjax.models.mae_st import MaeST, mae_st_target, t_pred_patch_size
 from maskjax.objectives.pixels import masked_mse
 
 
 @register("mae_st")
-class MaeSTMethod:
+class MaeSTMethod(Method):
     """Masked Autoencoders As Spatiotemporal Learners (Feichtenhofer et al., NeurIPS 2022)."""
 
-    name = "mae_st"
     modality = "video"
 
     @staticmethod
@@ -59,7 +59,7 @@ class MaeSTMethod:
                 errors.append(f"masking.ratio: {e}")
 
     def __init__(self, config):
-        self.config = config
+        super().__init__(config)
         kind = config.masking.get("kind", "random")
         if kind != "random":
             raise ValueError(f"masking.kind {kind!r}: MAE-ST masks spacetime-agnostically; set masking.kind='random'")
@@ -96,3 +96,17 @@ class MaeSTMethod:
                                patch=model.patch_size, norm_pix=self.norm_pix)
         loss, _ = masked_mse(pred, target, mask.mask)
         return loss, {"loss": loss}
+
+    def features(self, model, inputs, pool=None):
+        """The encoder's mean-pooled patch tokens (``pool="pooled"``, the fine-tuning feature) or ``"cls"``."""
+        return encoder_features(model.encoder, inputs, pool, default="pooled")
+
+    def encoder(self, model):
+        """The encoder that fine-tuning evaluators train."""
+        return model.encoder
+
+    def flops(self, global_batch):
+        """Analytic count of one training step (:mod:`maskjax.models.flop_count`)."""
+        from maskjax.models import flop_count
+
+        return flop_count.mae_st_flops(self.config, global_batch)

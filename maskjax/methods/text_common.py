@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
 
 import jax
 import jax.numpy as jnp
 
+from maskjax.methods.base import Method
 from maskjax.methods.mae import compute_dtype
 
 MASKING_KINDS = ("bert", "whole_word", "uniform", "span", "ngram", "electra")
@@ -35,10 +38,45 @@ class SpecialIds:
         tok = load_tokenizer(path, lowercase=config.data.get("lowercase", True))
         return cls(tok.cls_id, tok.sep_id, tok.pad_id, tok.mask_id, tok.vocab_size)
 
+    @classmethod
+    def synthetic(cls, vocab_size: int) -> "SpecialIds":
+        """The stand-in ids of the text modality's synthetic batches (bench, fitcheck; no vocabulary)."""
+        from maskjax.data.text.modality import SYNTHETIC_IDS
+
+        return cls(vocab_size=int(vocab_size), **SYNTHETIC_IDS)
+
     def candidates(self, input_ids: jax.Array, input_mask: jax.Array) -> jax.Array:
         """Positions that may be masked: real tokens other than [CLS], [SEP] and [MASK]."""
         special = (input_ids == self.cls_id) | (input_ids == self.sep_id) | (input_ids == self.mask_id)
         return (input_mask > 0) & ~special
+
+
+class TextMethod(Method):
+    """Shared parts of the masked-LM methods: text modality, special ids, synthetic-data stand-ins."""
+
+    modality = "text"
+    # BERT/ELECTRA attention takes a padding mask, which only these two cores accept.
+    attention_impls = ("xla", "cudnn")
+
+    @functools.cached_property
+    def ids(self) -> SpecialIds:
+        """Special token ids, read from the vocabulary on first use (building needs none)."""
+        return SpecialIds.from_config(self.config)
+
+    def use_synthetic_data(self) -> None:
+        """Without a vocabulary file, uses the synthetic batches' stand-in special ids."""
+        path = self.config.data.get("vocab_path")
+        if not (path and os.path.exists(path)):
+            self.ids = SpecialIds.synthetic(self.config.model.vocab_size)
+
+    def features(self, model, inputs, pool=None):
+        """The encoder's [CLS] hidden state (``inputs``: a dict with ``input_ids``, ``segment_ids``, ``input_mask``)."""
+        hidden, _ = self.encoder(model)(inputs["input_ids"], inputs.get("segment_ids"), inputs.get("input_mask"))
+        return hidden[:, 0]
+
+    def eval_stats(self, model, batch, keys, options):
+        """Masked-token sums at a fixed [MASK]-only ``options["rate"]`` (the held-out MLM evaluator)."""
+        return self.heldout_stats(model, batch, keys, float(options["rate"]))
 
 
 def split_example_keys(keys: jax.Array, n: int) -> list[jax.Array]:

@@ -14,7 +14,8 @@ from maskjax.masking import num_kept
 from maskjax.masking.video import (decoded_ids, num_decoded, running_cell_mask, spacetime_random_mask,
                                    tube_mask, tube_num_masked)
 from maskjax.methods import register
-from maskjax.methods.mae import compute_dtype
+from maskjax.methods.base import Method
+from maskjax.methods.mae import compute_dtype, encoder_features
 from maskjax.models.video_mae import VideoMAE
 from maskjax.objectives.video import token_mse, unnormalize_video, videomae_target, weighted_token_mse
 
@@ -107,11 +108,10 @@ def _check_video_config(config, errors: list[str], *, v2: bool) -> None:
 
 
 @register("videomae")
-class VideoMAEMethod:
+class VideoMAEMethod(Method):
     """VideoMAE: Masked Autoencoders are Data-Efficient Learners for Self-Supervised Video
     Pre-Training (Tong et al., NeurIPS 2022)."""
 
-    name = "videomae"
     modality = "video"
     v2 = False
 
@@ -121,7 +121,7 @@ class VideoMAEMethod:
         _check_video_config(config, errors, v2=cls.v2)
 
     def __init__(self, config):
-        self.config = config
+        super().__init__(config)
         self.kind = config.masking.kind
         self.ratio = float(config.masking.ratio)
         self.decoder_ratio = float(config.masking.get("decoder_ratio", 0.0)) if self.v2 else 0.0
@@ -167,6 +167,20 @@ class VideoMAEMethod:
         count = num_decoded(model.num_patches, self.decoder_ratio)
         loss, _, _, weights = videomae_v2_loss(model, video, mask, not_decoded, count, self.norm_pix)
         return loss, {"loss": loss, "loss_tokens_frac": jnp.mean(weights.astype(jnp.float32))}
+
+    def features(self, model, inputs, pool=None):
+        """The encoder's mean-pooled patch tokens (``pool="pooled"``, the fine-tuning feature) or ``"cls"``."""
+        return encoder_features(model.encoder, inputs, pool, default="pooled")
+
+    def encoder(self, model):
+        """The encoder that fine-tuning evaluators train."""
+        return model.encoder
+
+    def flops(self, global_batch):
+        """Analytic count of one training step (:mod:`maskjax.models.flop_count`)."""
+        from maskjax.models import flop_count
+
+        return flop_count.videomae_flops(self.config, global_batch)
 
 
 @register("videomae_v2")

@@ -53,7 +53,6 @@ PEAK_TFLOPS: tuple[tuple[str, float, float], ...] = (
 
 # Stand-in special token ids for text methods when no vocabulary exists (fit checks and synthetic
 # benches): they only decide which positions may be masked, never a shape or a FLOP.
-_SYNTHETIC_IDS = dict(cls_id=2, sep_id=3, pad_id=0, mask_id=4)
 
 
 def peak_tflops(device_kind: str, compute_dtype: str = "float32") -> float | None:
@@ -129,22 +128,6 @@ class StepSetup:
     step_fn: Any               # the jitted train step (state donated)
 
 
-def ensure_special_ids(method, config) -> bool:
-    """Gives a text method stand-in special ids when no vocabulary file exists; True if it did."""
-    import os
-
-    if getattr(type(method), "ids", None) is None:
-        return False  # not a text method
-    path = config.data.get("vocab_path")
-    if path and os.path.exists(path):
-        return False
-    from maskjax.methods.text_common import SpecialIds
-
-    # `ids` is a cached_property: presetting the instance attribute skips reading a vocab.txt.
-    method.__dict__["ids"] = SpecialIds(vocab_size=int(config.model.vocab_size), **_SYNTHETIC_IDS)
-    return True
-
-
 def nominal_examples(config) -> int:
     """An example count for the lr schedule when no data is opened (the schedule shapes no memory)."""
     steps = config.total_steps or 1000
@@ -161,7 +144,7 @@ def build_setup(config, mesh, num_examples: int) -> StepSetup:
 
     rules = normalize_rules(config.sharding_rules)
     method = make_method(config)
-    ensure_special_ids(method, config)
+    method.use_synthetic_data()  # stand-ins for data-derived constants when no data files exist
     _, total_steps, warmup_steps = schedule_steps(config, num_examples)
     _, schedule, tx, template, init_key, step_key = training_parts(config, method, warmup_steps, total_steps)
     target, shardings = abstract_state(template, method.build, tx, mesh, rules, init_key)
@@ -173,58 +156,29 @@ def build_setup(config, mesh, num_examples: int) -> StepSetup:
 
 
 def batch_spec(config) -> dict:
-    """Global shapes and dtypes of one training batch, by the method's modality (no data read)."""
-    import jax
-    import jax.numpy as jnp
+    """Global shapes and dtypes of one training batch (the method's ``batch_spec``; no data read)."""
+    from maskjax.methods import make_method
 
-    from maskjax.methods import method_modality
-
-    b = int(config.global_batch)
-    modality = method_modality(config.method)
-    if modality == "image":
-        s, c = int(config.data.image_size), int(config.model.get("in_chans", 3))
-        return {"image": jax.ShapeDtypeStruct((b, s, s, c), jnp.float32),
-                "label": jax.ShapeDtypeStruct((b,), jnp.int32)}
-    if modality == "video":
-        t, s = int(config.data.num_frames), int(config.data.image_size)
-        return {"video": jax.ShapeDtypeStruct((b, t, s, s, 3), jnp.float32),
-                "label": jax.ShapeDtypeStruct((b,), jnp.int32)}
-    if modality == "audio":
-        frames, bins = int(config.data.target_length), int(config.data.num_mel_bins)
-        return {"spectrogram": jax.ShapeDtypeStruct((b, frames, bins, 1), jnp.float32),
-                "label": jax.ShapeDtypeStruct((b,), jnp.int32)}
-    if modality == "text":
-        length = int(config.data.seq_len)
-        spec = {k: jax.ShapeDtypeStruct((b, length), jnp.int32)
-                for k in ("input_ids", "segment_ids", "input_mask", "word_start")}
-        if config.data.get("nsp"):
-            spec["nsp_label"] = jax.ShapeDtypeStruct((b,), jnp.int32)
-        return spec
-    raise ValueError(f"no batch layout for modality {modality!r} (method {config.method!r})")
+    return make_method(config).batch_spec()
 
 
 def synthetic_batch(config, seed: int = 0) -> dict:
-    """A host batch of random values with :func:`batch_spec`'s shapes (this process's share)."""
-    import jax
+    """This process's share of a random batch with :func:`batch_spec`'s shapes (the method's ``synthetic_batch``)."""
+    from maskjax.methods import make_method
 
-    rng = np.random.default_rng(seed)
-    share = jax.process_count()
-    out = {}
-    for name, s in batch_spec(config).items():
-        shape = (s.shape[0] // share,) + tuple(s.shape[1:])
-        if name in ("image", "video", "spectrogram"):
-            out[name] = rng.standard_normal(shape, dtype=np.float32)
-        elif name == "input_ids":
-            ids = rng.integers(5, int(config.model.vocab_size), shape, dtype=np.int32)
-            ids[:, 0], ids[:, -1] = _SYNTHETIC_IDS["cls_id"], _SYNTHETIC_IDS["sep_id"]
-            out[name] = ids
-        elif name in ("input_mask", "word_start"):
-            out[name] = np.ones(shape, np.int32)
-        elif name in ("label", "nsp_label"):
-            out[name] = rng.integers(0, 2, shape, dtype=np.int32)
-        else:
-            out[name] = np.zeros(shape, np.int32)
-    return out
+    method = make_method(config)
+    method.use_synthetic_data()
+    return method.synthetic_batch(seed)
+
+
+def analytic_flops(method, global_batch: int):
+    """The method's analytic :class:`~maskjax.models.flop_count.FlopCount`, or None when it defines none."""
+    from maskjax.methods import NotSupported
+
+    try:
+        return method.flops(int(global_batch))
+    except NotSupported:
+        return None
 
 
 def xla_flops(compiled, num_devices: int) -> float | None:
@@ -308,7 +262,6 @@ def bench_config(config, *, label: str, steps: int = 20, warmup: int = 3, synthe
     import jax
 
     from maskjax.data.pipeline import to_global_batch
-    from maskjax.perf.flops import model_flops
     from maskjax.train.loop import data_modality
     from maskjax.train.sharding import make_mesh
     from maskjax.train.state import create_state
@@ -352,13 +305,15 @@ def bench_config(config, *, label: str, steps: int = 20, warmup: int = 3, synthe
     loss = float(jax.device_get(metrics["loss"]))
     if not math.isfinite(loss):
         say(f"bench {label}: warning: the loss is {loss} after {warmup + steps} steps")
-    flops = model_flops(config)
+    flops = analytic_flops(setup.method, config.global_batch)
     xla = xla_flops(compiled, mesh.size)
     median = statistics.median(step_s)
     examples = config.global_batch / median
     kind = mesh.devices.flat[0].device_kind
     per_device_peak = peak if peak is not None else peak_tflops(kind, config.compute_dtype)
-    achieved = flops.train / median / 1e12
+    # Without an analytic count (a method that defines no flops()), MFU comes from XLA's count.
+    train_flops = flops.train if flops is not None else xla
+    achieved = train_flops / median / 1e12 if train_flops else None
     mem_device = device_peak_bytes(mesh.devices.flat)
     mem_compiled = memory_breakdown(compiled)
     return {
@@ -368,11 +323,12 @@ def bench_config(config, *, label: str, steps: int = 20, warmup: int = 3, synthe
         "step_s_median": median, "step_s_min": min(step_s), "step_s_max": max(step_s),
         "steps": steps, "warmup": warmup,
         "examples_per_s": examples, "examples_per_s_end_to_end": examples,  # the batch transfer now overlaps the step
-        "token": flops.token, "tokens_per_example": flops.tokens_per_example,
-        "tokens_per_s": examples * flops.tokens_per_example,
-        "analytic_flops": flops.train, "xla_flops": xla, "xla_over_analytic": xla / flops.train if xla else None,
+        "token": flops.token if flops else "example", "tokens_per_example": flops.tokens_per_example if flops else 1,
+        "tokens_per_s": examples * (flops.tokens_per_example if flops else 1),
+        "analytic_flops": flops.train if flops else None, "xla_flops": xla,
+        "xla_over_analytic": xla / flops.train if xla and flops else None,
         "achieved_tflops": achieved, "peak_tflops_per_device": per_device_peak,
-        "mfu": achieved / (per_device_peak * mesh.size) if per_device_peak else None,
+        "mfu": achieved / (per_device_peak * mesh.size) if per_device_peak and achieved else None,
         "data_wait": None if synthetic else sum(data_s) / sum(step_s), "synthetic_data": synthetic,
         "peak_bytes": mem_device if mem_device is not None else (mem_compiled or {}).get("total"),
         "peak_bytes_source": "device" if mem_device is not None else "compiled",
@@ -407,9 +363,9 @@ def format_row(r: dict) -> str:
     cells = [
         f"`{r['config']}`", r["method"], f"{r['params'] / 1e6:.2f}M", str(r["global_batch"]), f"{r['compile_s']:.1f}",
         f"{r['step_s_median']:.4f} [{r['step_s_min']:.4f}, {r['step_s_max']:.4f}]", f"{r['examples_per_s']:.1f}",
-        f"{r['tokens_per_s']:.0f}", f"{r['analytic_flops'] / 1e12:.4g}",
+        f"{r['tokens_per_s']:.0f}", num(None if r["analytic_flops"] is None else r["analytic_flops"] / 1e12, ".4g"),
         num(None if r["xla_flops"] is None else r["xla_flops"] / 1e12, ".4g"), num(r["xla_over_analytic"], ".3f"),
-        f"{r['achieved_tflops']:.3g}", mfu, wait, mem,
+        num(r["achieved_tflops"], ".3g"), mfu, wait, mem,
     ]
     return "| " + " | ".join(cells) + " |"
 

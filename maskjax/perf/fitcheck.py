@@ -175,7 +175,7 @@ class FitReport:
     grad_accum: int
     memory: dict               # per device, bytes (bench.memory_breakdown)
     xla_flops: float | None    # global, per step
-    analytic_flops: float
+    analytic_flops: float | None  # None: the method defines no analytic count
     device_memory_gib: float | None
     fits: bool | None
     compile_s: float
@@ -188,15 +188,15 @@ def fit_check(config, *, platform: str = "cpu", devices: int | None = None, topo
     """Compiles ``config``'s train step for the target without running it or allocating the model."""
     import jax
 
-    from maskjax.perf.bench import batch_spec, build_setup, memory_breakdown, nominal_examples, xla_flops
-    from maskjax.perf.flops import model_flops
+    from maskjax.perf.bench import analytic_flops, build_setup, memory_breakdown, nominal_examples, xla_flops
 
     devs, hosts, target = target_devices(platform, devices, topology)
     notes = [f"not checked (no data is read): {p}" for p in check_config(config, len(devs), hosts)]
     mesh = _mesh(config, devs, topology)
     setup = build_setup(config, mesh, nominal_examples(config))
     batch = {k: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=setup.batch_sharding)
-             for k, s in batch_spec(config).items()}
+             for k, s in setup.method.batch_spec().items()}
+    count = analytic_flops(setup.method, config.global_batch)
     t0 = time.perf_counter()
     with jax.set_mesh(mesh):
         compiled = setup.step_fn.lower(setup.abstract_state, batch).compile()
@@ -209,7 +209,7 @@ def fit_check(config, *, platform: str = "cpu", devices: int | None = None, topo
     fits = None if device_memory_gib is None else memory["total"] <= device_memory_gib * 2**30
     return FitReport(target=target, mesh=dict(mesh.shape), params=setup.template.num_params(),
                      global_batch=int(config.global_batch), grad_accum=int(config.grad_accum), memory=memory,
-                     xla_flops=xla_flops(compiled, mesh.size), analytic_flops=model_flops(config).train,
+                     xla_flops=xla_flops(compiled, mesh.size), analytic_flops=None if count is None else count.train,
                      device_memory_gib=device_memory_gib, fits=fits, compile_s=compile_s, notes=notes,
                      live_device_bytes=int(sum(a.nbytes for a in jax.live_arrays())))
 
@@ -230,8 +230,9 @@ def format_report(r: FitReport, label: str) -> str:
              f"  generated code  {fmt_bytes(m['generated_code']):>12}",
              f"  total           {fmt_bytes(m['total']):>12}"]
     xla = "n/a" if r.xla_flops is None else f"{r.xla_flops / 1e12:.4g} TFLOP"
-    ratio = "" if r.xla_flops is None else f" (XLA/analytic {r.xla_flops / r.analytic_flops:.3f})"
-    lines.append(f"FLOPs per step: XLA {xla}, analytic {r.analytic_flops / 1e12:.4g} TFLOP{ratio}")
+    analytic = "n/a (the method defines no flops())" if r.analytic_flops is None else f"{r.analytic_flops / 1e12:.4g} TFLOP"
+    ratio = "" if r.xla_flops is None or r.analytic_flops is None else f" (XLA/analytic {r.xla_flops / r.analytic_flops:.3f})"
+    lines.append(f"FLOPs per step: XLA {xla}, analytic {analytic}{ratio}")
     lines += [f"note: {n}" for n in r.notes]
     if r.fits is None:
         lines.append("fit: unknown (no memory size for this device; pass --device-memory-gib)")

@@ -89,7 +89,9 @@ def make_train_step(method, template: ModelTemplate, tx: optax.GradientTransform
         params = optax.apply_updates(state["params"], updates)
         metrics = dict(metrics)
         metrics.update(loss=loss, grad_norm=optax.tree.norm(grads), lr=schedule(state["step"]))
-        new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state, "extra": state["extra"]}
+        # Non-gradient state (an EMA teacher, ...) follows the updated params: the method's hook.
+        extra = method.after_step(params, state["extra"], state["step"] + 1)
+        new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state, "extra": extra}
         return new_state, metrics
 
     replicated = NamedSharding(batch_sharding.mesh, P())

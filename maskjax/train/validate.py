@@ -9,32 +9,37 @@ import jax
 from maskjax.train.sharding import normalize_rules, resolve_mesh_shape
 
 
-class ConfigError(ValueError):
-    """The config cannot run; the message lists every problem found."""
+from maskjax.errors import ConfigError  # noqa: E402  (re-exported: raised by validate_config)
+
+__all__ = ["ConfigError", "validate_config"]
 
 
 def _check_method(config, errors: list[str]) -> None:
     from maskjax.data.modalities import get_modality
     from maskjax.methods import method_class
 
-    factory = method_class(config.method)
-    check = getattr(factory, "check_config", None)
-    if check is not None:
-        check(config, errors)
-    modality = getattr(factory, "modality", "image")
-    get_modality(modality).check(config, errors)
-    _check_attention(config, modality, errors)
+    cls = method_class(config.method)
+    if cls.config_section() and cls.name not in config:
+        errors.append(f"config has no section {cls.name!r} with method {cls.name!r}'s options; start the "
+                      f"config from maskjax.config.method_config({cls.name!r})")
+    cls.check_config(config, errors)
+    modality = cls.modality
+    try:
+        get_modality(modality).check(config, errors)
+    except ValueError as e:  # an unknown modality name
+        errors.append(f"method {cls.name!r}: {e}")
+        return
+    _check_attention(config, cls.attention_impls, errors)
 
 
-def _check_attention(config, modality: str, errors: list[str]) -> None:
+def _check_attention(config, allowed: tuple | None, errors: list[str]) -> None:
     # A wrong attention_impl would otherwise fail while tracing the step, deep inside JAX.
     from maskjax.models.layers import ATTENTION_IMPLS, on_cuda
 
     impl = config.get("model", {}).get("attention_impl")
     if impl is None:
         return
-    # BERT/ELECTRA attention takes a padding mask, which only these two cores accept.
-    allowed = ("xla", "cudnn") if modality == "text" else ATTENTION_IMPLS
+    allowed = ATTENTION_IMPLS if allowed is None else allowed
     if impl not in allowed:
         errors.append(f"model.attention_impl={impl!r} is not available for {config.method}; use None or one of "
                       f"{allowed}")

@@ -37,6 +37,15 @@ class AudioModality(Modality):
         return make_audio_pipeline(source, global_batch=config.global_batch, train=train, seed=d.shuffle_seed,
                                    num_workers=d.num_workers, **pipeline_kwargs(d, train=train))
 
+    def batch_spec(self, config) -> dict:
+        """``spectrogram`` f32[B, frames, mel bins, 1] and ``label`` i32[B]."""
+        import jax
+        import jax.numpy as jnp
+
+        b, frames, bins = int(config.global_batch), int(config.data.target_length), int(config.data.num_mel_bins)
+        return {"spectrogram": jax.ShapeDtypeStruct((b, frames, bins, 1), jnp.float32),
+                "label": jax.ShapeDtypeStruct((b,), jnp.int32)}
+
     def take_examples(self, config, source, indices):
         """Eval-preprocessed spectrograms [n, T, F, 1] and int labels (no augmentation)."""
         from maskjax.data.audio.pipeline import take_spectrograms

@@ -15,6 +15,9 @@ from maskjax.data.modalities import Modality, register_modality
 
 TEXT_KINDS = ("text", "tfds_text", "array_record_text")
 
+# Stand-in special ids of synthetic text batches (bench, fitcheck): no vocabulary file is read.
+SYNTHETIC_IDS = dict(cls_id=2, sep_id=3, pad_id=0, mask_id=4)
+
 
 def _split_args(config, split: str) -> tuple[object, str | None]:
     d = config.data
@@ -31,7 +34,7 @@ class TextModality(Modality):
     def prepare(self, config, workdir: str) -> None:
         """Fills ``data.vocab_path`` (training and caching a vocabulary when it is unset)."""
         from maskjax.data.text import ArrayRecordTextSource, ensure_vocab, load_tokenizer
-        from maskjax.train.validate import ConfigError
+        from maskjax.errors import ConfigError
 
         d = config.data
         if not d.cache_dir:
@@ -72,6 +75,31 @@ class TextModality(Modality):
         d = config.data
         return make_text_pipeline(source, global_batch=config.global_batch, train=train, seed=d.shuffle_seed,
                                   num_workers=d.num_workers)
+
+    def batch_spec(self, config) -> dict:
+        """``input_ids``, ``segment_ids``, ``input_mask``, ``word_start`` i32[B, seq_len] (+ ``nsp_label``)."""
+        import jax
+        import jax.numpy as jnp
+
+        b, length = int(config.global_batch), int(config.data.seq_len)
+        spec = {k: jax.ShapeDtypeStruct((b, length), jnp.int32)
+                for k in ("input_ids", "segment_ids", "input_mask", "word_start")}
+        if config.data.get("nsp"):
+            spec["nsp_label"] = jax.ShapeDtypeStruct((b,), jnp.int32)
+        return spec
+
+    def synthetic_batch(self, config, spec: dict, seed: int = 0) -> dict:
+        """Random ids in [5, vocab) framed by :data:`SYNTHETIC_IDS`' [CLS] ... [SEP], all positions real."""
+        import numpy as np
+
+        out = super().synthetic_batch(config, spec, seed)
+        rng = np.random.default_rng(seed)
+        ids = rng.integers(5, int(config.model.vocab_size), out["input_ids"].shape, dtype=np.int32)
+        ids[:, 0], ids[:, -1] = SYNTHETIC_IDS["cls_id"], SYNTHETIC_IDS["sep_id"]
+        out["input_ids"] = ids
+        out["input_mask"] = np.ones_like(ids)
+        out["word_start"] = np.ones_like(ids)
+        return out
 
     def check(self, config, errors: list[str]) -> None:
         """Source fields, block length vs positions, NSP data vs NSP head, prediction count."""

@@ -51,6 +51,15 @@ class VideoModality(Modality):
                                    num_frames=d.num_frames, sampling_rate=d.sampling_rate, image_size=d.image_size,
                                    augment=d.augment if train else "none", num_workers=d.num_workers)
 
+    def batch_spec(self, config) -> dict:
+        """``video`` f32[B, T, S, S, 3] and ``label`` i32[B]."""
+        import jax
+        import jax.numpy as jnp
+
+        b, t, s = int(config.global_batch), int(config.data.num_frames), int(config.data.image_size)
+        return {"video": jax.ShapeDtypeStruct((b, t, s, s, 3), jnp.float32),
+                "label": jax.ShapeDtypeStruct((b,), jnp.int32)}
+
     def take_examples(self, config, source, indices):
         """Central clips f32[n, T, S, S, 3] (eval preprocessing) and int labels."""
         from maskjax.data.video.pipeline import take_clips
