@@ -148,6 +148,7 @@ def electra_flops(config, global_batch: int) -> FlopCount:
 
 
 def scaled(method: str, per_example: dict[str, float], batch: int, token: str, tokens: int) -> FlopCount:
+    """A :class:`FlopCount` from per-example forward FLOPs by part, scaled to a global ``batch``."""
     parts = {k: v * batch for k, v in per_example.items()}
     return FlopCount(method=method, global_batch=batch, forward=sum(parts.values()), parts=parts,
                      token=token, tokens_per_example=tokens)
