@@ -109,8 +109,8 @@ class OursRunner:
 
         from maskjax.perf.bench import build_setup, nominal_examples, synthetic_batch
         from maskjax.data.pipeline import to_global_batch
-        from maskjax.train.sharding import make_mesh
-        from maskjax.train.state import create_state
+        from maskjax.core.sharding import make_mesh
+        from maskjax.core.state import create_state
 
         self.jax = jax
         self.mesh = make_mesh(config.mesh)
@@ -282,7 +282,7 @@ def worker_main(args) -> int:
     if args.worker == "ours" and args.no_cpu_tweaks:
         disable_cpu_layout_tweaks()
     elif args.worker == "ours":
-        from maskjax.perf.host_memory import tune_malloc
+        from maskjax.host_memory import tune_malloc
 
         # What `maskjax train` does first (docs/performance.md, "Page faults"); MASKJAX_TUNE_MALLOC=0: off.
         malloc = tune_malloc()

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(variants) < 2 or len({v[0] for v in variants}) != len(variants):
         raise SystemExit("give at least two variants with distinct labels")
 
-    from maskjax.perf.host_memory import tune_malloc
+    from maskjax.host_memory import tune_malloc
     tune_malloc()   # before JAX starts, as in `maskjax train`
 
     import hf_throughput

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[1], argv[2:]
     if command in ("train", "eval", "bench", "repro"):
         # Before anything starts JAX's backends (docs/performance.md, "Page faults").
-        from maskjax.perf.host_memory import tune_malloc
+        from maskjax.host_memory import tune_malloc
 
         tune_malloc()
     if command == "train":

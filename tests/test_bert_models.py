@@ -15,7 +15,7 @@ from maskjax.models.bert import (TEXT_SIZES, BertEncoder, BertPretrainer, activa
 from maskjax.models.electra import Electra, get_generator_config
 from maskjax.objectives.text import (electra_corrupt, gumbel_sample, mlm_loss, nsp_loss, rtd_loss, sbo_loss,
                                      spanbert_mlm_loss)
-from maskjax.train.state import ModelTemplate
+from maskjax.core.state import ModelTemplate
 
 V, L = 50, 8
 IDS = jnp.array([[2, 7, 9, 11, 3, 0, 0, 0], [2, 13, 17, 19, 23, 29, 31, 3]])

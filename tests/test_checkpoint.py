@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from maskjax.train.checkpoint import Checkpointer, DataStateMismatch
+from maskjax.core.checkpoint import Checkpointer, DataStateMismatch
 from maskjax.train.metrics import read_metrics
 from tests.conftest import REPO_ROOT, TINY_FLAGS
 

@@ -8,7 +8,7 @@ import pytest
 from maskjax.config import load_config
 from maskjax.methods import make_method
 from maskjax.train.loop import train
-from maskjax.train.state import ModelTemplate
+from maskjax.core.state import ModelTemplate
 from maskjax.train.validate import validate_config
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"

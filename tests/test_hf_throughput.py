@@ -29,7 +29,7 @@ def test_hf_model_has_our_trainable_parameter_count(case):
     # Same widths, depths, heads, MLP, decoder and heads => exactly the same number of trainable
     # parameters (HF keeps the sin-cos position embeddings frozen, as our buffers).
     from maskjax.methods import make_method
-    from maskjax.train.state import ModelTemplate
+    from maskjax.core.state import ModelTemplate
 
     hf = _module()
     config = hf.load_case(case, None, None, [])

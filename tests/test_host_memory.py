@@ -1,4 +1,4 @@
-"""glibc malloc tuning for XLA:CPU (maskjax.perf.host_memory): when it applies, and that it works."""
+"""glibc malloc tuning for XLA:CPU (maskjax.host_memory): when it applies, and that it works."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import jax
 import pytest
 
 from maskjax import cli
-from maskjax.perf import host_memory
+from maskjax import host_memory
 
 # A fresh process: a worker thread (as XLA:CPU's) mallocs, touches and frees 64 MiB five times.
 # Prints the minor page faults of the last four rounds. Without the tuning glibc maps each block
 # fresh (it is above the largest mmap threshold), so every round faults all its pages again.
 _PROBE = textwrap.dedent("""
     import ctypes, resource, sys, threading
-    from maskjax.perf import host_memory
+    from maskjax import host_memory
     print(host_memory.tune_malloc({"JAX_PLATFORMS": "cpu"}) if sys.argv[1] == "tune" else "off")
     libc = ctypes.CDLL(None)
     libc.malloc.restype = ctypes.c_void_p

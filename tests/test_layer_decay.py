@@ -142,7 +142,7 @@ def test_real_classifier_tree():
     classifier = pytest.importorskip("maskjax.models.classifier")
     from flax import nnx
 
-    from maskjax.train.state import to_tree
+    from maskjax.core.state import to_tree
 
     model = nnx.eval_shape(lambda: classifier.ViTClassifier("mu/4", image_size=8, num_classes=3,
                                                              rngs=nnx.Rngs(0)))

@@ -17,7 +17,8 @@ from flax import nnx
 from maskjax.config import video_base_config
 from maskjax.masking import Mask, gather_tokens, mask_from_noise, uniform_noise
 from maskjax.methods.mae_st import MaeSTMethod
-from maskjax.models.mae_st import MaeST, mae_st_target, target_frame_indices, torch_linspace_long
+from maskjax.methods.mae_st import mae_st_target
+from maskjax.models.mae_st import MaeST, target_frame_indices, torch_linspace_long
 
 torch = pytest.importorskip("torch", reason="the official code these tests transcribe is torch")
 

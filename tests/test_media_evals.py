@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from maskjax.eval.media_evals import finetune_arrays, mean_average_precision, pooled_features
+from maskjax.eval.features import batched_apply
+from maskjax.eval.media_evals import encoder_blocks, finetune_arrays, mean_average_precision
+from maskjax.core.mesh import make_mesh, normalize_rules
 from maskjax.models.layers import Block, dense
 
 
@@ -64,8 +66,31 @@ def test_finetune_multilabel_reports_map():
     assert "top1" not in out and out["mAP"] > 0.9
 
 
-def test_pooled_features_batches_match_one_pass():
+def test_sharded_batches_with_padding_match_one_pass():
+    # 10 examples in batches of 3 on an 8-way data-parallel mesh: every batch is padded to 8 rows.
     x, _ = _data(10, 4)
     enc = StubEncoder(nnx.Rngs(2))
     full = np.asarray(enc(jnp.asarray(x))[1]["pooled"])
-    np.testing.assert_allclose(pooled_features(enc, x, batch_size=3), full, rtol=1e-5, atol=1e-6)
+    fn = jax.jit(lambda e, b: e(b)[1]["pooled"])
+    mesh = make_mesh(dict(data=-1, fsdp=1, tensor=1))
+    sharded = batched_apply(fn, enc, x, mesh=mesh, rules=normalize_rules(None), batch_size=3)
+    np.testing.assert_allclose(sharded, full, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(batched_apply(fn, enc, x, batch_size=3), full, rtol=1e-5, atol=1e-6)
+
+
+def test_finetune_on_a_mesh_matches_one_device():
+    xtr, ytr = _data(32, 5)
+    xte, yte = _data(16, 6)
+    kw = dict(num_classes=3, epochs=2, batch_size=8, lr=3e-3, head_init_scale=1.0)
+    one = finetune_arrays(StubEncoder(nnx.Rngs(3)), xtr, ytr, xte, yte, **kw)
+    mesh = make_mesh(dict(data=2, fsdp=4, tensor=1))
+    sharded = finetune_arrays(StubEncoder(nnx.Rngs(3)), xtr, ytr, xte, yte, mesh=mesh, rules=normalize_rules(None),
+                              **kw)
+    assert sharded["top1"] == one["top1"]
+    assert sharded["final_train_loss"] == pytest.approx(one["final_train_loss"], rel=1e-4)
+
+
+def test_layer_decay_depth_is_read_from_the_block_paths():
+    enc = StubEncoder(nnx.Rngs(4))
+    assert encoder_blocks(nnx.state(enc, nnx.Param)) == 1
+    assert encoder_blocks({"encoder": {"blocks": {"0": 1, "11": 2}, "norm": 3}}) == 12

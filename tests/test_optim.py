@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from maskjax.models.mae import MaskedAutoencoder
 from maskjax.train.optim import mae_decay_mask, make_optimizer, peak_lr, warmup_cosine
-from maskjax.train.state import to_tree
+from maskjax.core.state import to_tree
 
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True)
 

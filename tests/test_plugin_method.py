@@ -127,7 +127,7 @@ def test_after_step_updates_ema_by_the_formula(plugin_path):
     from flax import nnx
 
     from maskjax.methods import make_method
-    from maskjax.train.state import to_tree
+    from maskjax.core.state import to_tree
 
     config = _config()
     method = make_method(config)

@@ -25,7 +25,7 @@ from maskjax.methods.mae import mae_forward
 from maskjax.models.mae import MaskedAutoencoder
 from maskjax.models.remat import REMAT_POLICIES, resolve_remat
 from maskjax.models.scan import is_scanned, stack_layers, unstack_layers
-from maskjax.train.state import to_tree
+from maskjax.core.state import to_tree
 from tests.conftest import REPO_ROOT
 
 MICRO = dict(image_size=16, decoder_width=32, decoder_depth=2, decoder_heads=2)
@@ -281,11 +281,11 @@ def _media_model(kind: str, remat):
     return AudioMAE("mu/8", target_length=128, num_mel_bins=32, swin_depth=2, **common), spec, 64
 
 
-# They share remat.run_blocks: MAE-ST runs by default, the other two under -m slow (20 s each).
+# They share backbone.apply_blocks: MAE-ST runs by default, the other two under -m slow (20 s each).
 @pytest.mark.parametrize("kind", [pytest.param("videomae", marks=pytest.mark.slow), "mae_st",
                                   pytest.param("audiomae", marks=pytest.mark.slow)])
 def test_media_models_take_every_remat_policy(kind):
-    # The video/audio models share run_blocks with ViT/MAE: every policy, same loss and gradients.
+    # The video/audio models share the Backbone block loop with ViT/MAE: every policy, same loss and gradients.
     from maskjax.masking import mask_from_noise, uniform_noise
 
     results = {}

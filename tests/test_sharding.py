@@ -7,8 +7,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from maskjax.methods import make_method
 from maskjax.train.optim import make_optimizer, warmup_cosine
-from maskjax.train.sharding import batch_sharding, make_mesh, normalize_rules
-from maskjax.train.state import ModelTemplate, create_state
+from maskjax.core.sharding import batch_sharding, make_mesh, normalize_rules
+from maskjax.core.state import ModelTemplate, create_state
 from maskjax.train.step import make_loss_and_grad, make_train_step
 
 

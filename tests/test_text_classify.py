@@ -59,7 +59,7 @@ def test_correlations_match_scipy():
 def test_text_layer_scales():
     enc = BertEncoder("mu", rngs=nnx.Rngs(0), vocab_size=40, max_positions=16)
     clf = tc.TextClassifier(enc, 2, rngs=nnx.Rngs(1))
-    from maskjax.train.state import to_tree
+    from maskjax.core.state import to_tree
 
     scales = tc.text_layer_scales(to_tree(nnx.state(clf, nnx.Param)), 2, 0.5)
     assert scales["encoder"]["embeddings"]["word_embeddings"] == 0.125

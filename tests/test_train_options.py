@@ -10,9 +10,9 @@ from maskjax.cli import main as cli_main
 from maskjax.data import embedded_cifar10_path
 from maskjax.methods import make_method
 from maskjax.train.loop import train
-from maskjax.train.state import ModelTemplate, create_state
+from maskjax.core.state import ModelTemplate, create_state
 from maskjax.train.optim import make_optimizer, warmup_cosine
-from maskjax.train.sharding import make_mesh, normalize_rules
+from maskjax.core.sharding import make_mesh, normalize_rules
 from maskjax.train.step import make_loss_and_grad
 
 

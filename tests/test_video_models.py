@@ -129,9 +129,9 @@ def test_target_normalisation_matches_official_engine():
     # rearrange 'b n p c -> b n (p c)'.
     x = official_patches(video.transpose(0, 4, 1, 2, 3).astype(np.float64), TUB, P)
     ref = (x - x.mean(-2, keepdims=True)) / (x.std(-2, ddof=1, keepdims=True) + 1e-6)
-    ours = np.asarray(videomae_target(jnp.asarray(video), TUB, P))
+    ours = np.asarray(videomae_target(patchify_video(jnp.asarray(video), TUB, P), 3))
     np.testing.assert_allclose(ours, ref.reshape(B, 8, -1), rtol=1e-4, atol=1e-4)
-    raw = np.asarray(videomae_target(jnp.asarray(video), TUB, P, normalize=False))
+    raw = np.asarray(videomae_target(patchify_video(jnp.asarray(video), TUB, P), 3, normalize=False))
     np.testing.assert_array_equal(raw, official_patches(video.transpose(0, 4, 1, 2, 3), TUB, P).reshape(B, 8, -1))
 
 
@@ -250,7 +250,8 @@ def test_v2_loss_weights_encoder_hidden_decoded_tokens():
     loss, metrics = method.loss(model, {"video": video}, keys, True)
     ids = np.stack([np.flatnonzero(~row) for row in np.asarray(not_decoded)])
     pred, _ = model(video, mask, jnp.asarray(ids))
-    target = np.asarray(videomae_target(video * jnp.asarray(IMAGENET_STD) + jnp.asarray(IMAGENET_MEAN), TUB, P))
+    target = np.asarray(videomae_target(
+        patchify_video(video * jnp.asarray(IMAGENET_STD) + jnp.asarray(IMAGENET_MEAN), TUB, P), 3))
     enc, dec = np.asarray(mask.mask), np.asarray(not_decoded)
     labels = target[~dec].reshape(B, -1, target.shape[-1])
     w = enc[~dec].reshape(B, -1).astype(np.float64)

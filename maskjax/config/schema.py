@@ -1,9 +1,10 @@
 """The config schema: defaults every recipe starts from, per family.
 
-:func:`base_config` holds the fields the trainer reads for every method (optimiser, mesh,
-checkpoint, evaluators) with MAE's values where a choice is needed; the family functions replace
-the ``model``, ``masking`` and ``data`` sections with their official defaults (specs sections
-1-8). The configs are locked ml-collections ConfigDicts, so a typo in an override fails.
+:func:`core_config` holds the fields the engine reads for every method (optimiser, mesh,
+checkpoint, evaluators, an image ``data`` section); :func:`base_config` adds MAE's ``model``,
+``masking`` and ``loss`` sections, and the family functions replace them with their official
+defaults (specs sections 1-8). A new method starts from :func:`method_config`, which adds only its
+own section. The configs are locked ml-collections ConfigDicts, so a typo in an override fails.
 """
 
 from __future__ import annotations
@@ -11,25 +12,37 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
-from maskjax.train.sharding import DEFAULT_RULES
+# maskjax.core.mesh (not maskjax.core.sharding): the config schema sits below train and eval, which both
+# read it, so it takes the default rules from the shared low-level mesh module.
+from maskjax.core.mesh import DEFAULT_RULES
+
 
 def base_config() -> ml_collections.ConfigDict:
-    """Defaults shared by all methods (MAE pre-training values where a choice is needed)."""
-    c = ml_collections.ConfigDict()
+    """:func:`core_config` with MAE's ``model``, ``masking`` and ``loss`` sections (ViT-B/16, ratio 0.75, norm-pix)."""
+    c = core_config()
     c.method = "mae"
-    c.seed = 0
-    c.compute_dtype = "float32"   # "bfloat16": bf16 compute, float32 parameters
-    # Rematerialisation: False/True (off / whole block) or a policy name, "none" | "full" | "dots" |
-    # "attention" (maskjax/models/remat.py); typed `object` so a bool or a name can be set.
-    c.remat = config_dict.FieldReference(False, field_type=object)
-    c.compile_cache_dir = config_dict.placeholder(str)  # JAX persistent compilation cache (None = off)
-
     c.model = ml_collections.ConfigDict(dict(
         variant="B/16", in_chans=3, decoder_width=512, decoder_depth=8, decoder_heads=16))
     c.model.attention_impl = config_dict.placeholder(str)  # None = XLA picks; "cudnn" forces it
     c.model.scan_layers = False   # stack the blocks and apply them with nnx.scan (faster compile)
     c.masking = ml_collections.ConfigDict(dict(ratio=0.75))
     c.loss = ml_collections.ConfigDict(dict(norm_pix=True))
+    return c
+
+
+def core_config() -> ml_collections.ConfigDict:
+    """Fields every method shares: run options, an image ``data`` section, optimiser, mesh, checkpoints, evals.
+
+    ``method`` is unset; :func:`method_config` sets it and adds the method's own section.
+    """
+    c = ml_collections.ConfigDict()
+    c.method = config_dict.placeholder(str)
+    c.seed = 0
+    c.compute_dtype = "float32"   # "bfloat16": bf16 compute, float32 parameters
+    # Rematerialisation: False/True (off / whole block) or a policy name, "none" | "full" | "dots" |
+    # "attention" (maskjax/models/remat.py); typed `object` so a bool or a name can be set.
+    c.remat = config_dict.FieldReference(False, field_type=object)
+    c.compile_cache_dir = config_dict.placeholder(str)  # JAX persistent compilation cache (None = off)
 
     c.data = ml_collections.ConfigDict(dict(
         kind="folder",            # folder (dir or tar) | array_record | tfds
@@ -101,6 +114,7 @@ def text_base_config() -> ml_collections.ConfigDict:
         disc_weight=50.0, gen_weight=1.0, temperature=1.0,
     ))
     c.model.attention_impl = config_dict.placeholder(str)
+    c.model.scan_layers = False   # stack the blocks and apply them with nnx.scan (faster compile)
     c.masking = ml_collections.ConfigDict(dict(
         kind="bert",               # bert | whole_word | uniform | span | ngram | electra
         ratio=0.15,
@@ -163,6 +177,7 @@ def video_base_config() -> ml_collections.ConfigDict:
         trunc_init=False,          # MAE-ST: trunc-normal instead of xavier initialisation
     ))
     c.model.attention_impl = config_dict.placeholder(str)
+    c.model.scan_layers = False   # stack the blocks and apply them with nnx.scan (faster compile)
     c.masking = ml_collections.ConfigDict(dict(
         kind="tube",               # tube (VideoMAE) | random (MAE-ST, spacetime-agnostic)
         ratio=0.9,
@@ -210,6 +225,7 @@ def audio_base_config() -> ml_collections.ConfigDict:
         pos_embed="official",      # official: the sin-cos grid built (F, T)-transposed, as released; aligned
     ))
     c.model.attention_impl = config_dict.placeholder(str)
+    c.model.scan_layers = False   # stack the blocks and apply them with nnx.scan (faster compile)
     c.masking = ml_collections.ConfigDict(dict(
         kind="random",             # random (unstructured, pre-training) | time_freq
         ratio=0.8, mask_t_prob=0.6, mask_f_prob=0.5,
@@ -238,14 +254,14 @@ def audio_base_config() -> ml_collections.ConfigDict:
 
 
 def method_config(name: str, base: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigDict:
-    """``base`` (default :func:`base_config`) set to method ``name``, with its own section at ``config.<name>``.
+    """``base`` (default :func:`core_config`) set to method ``name``, with its own section at ``config.<name>``.
 
     The section holds the defaults of ``Method.config_section()``; a recipe file of a new method
     starts here, so ``--config.<name>.<option>=...`` overrides work like any other field.
     """
     from maskjax.methods import method_class
 
-    config = base_config() if base is None else base
+    config = core_config() if base is None else base
     cls = method_class(name)
     config.method = name
     section = cls.config_section()

@@ -289,7 +289,7 @@ _TEMPLATES: dict = {}
 def _template(spec: TextModelSpec, **kwargs: Any):
     # Tracing a model abstractly takes seconds for Base and up; converters ask for the same
     # structure several times, so templates are kept per (spec, compute options).
-    from maskjax.train.state import ModelTemplate
+    from maskjax.core.templates import ModelTemplate
 
     key = (spec.to_json(), tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
     if key not in _TEMPLATES:

@@ -98,7 +98,7 @@ class VideoModelSpec(JsonSpec):
 def _template(spec_json: str):
     # Tracing a model abstractly takes seconds for ViT-L and up; converters ask for the same
     # structure several times, so it is built once per spec.
-    from maskjax.train.state import ModelTemplate
+    from maskjax.core.templates import ModelTemplate
 
     return ModelTemplate.from_builder(VideoModelSpec.from_dict(json.loads(spec_json)).build)
 
@@ -410,7 +410,7 @@ def merge_video_model(spec: VideoModelSpec, params: Mapping, extra: Mapping, **k
     """The NNX :class:`VideoMAE` of ``spec`` holding ``params`` and ``extra`` (``kwargs`` go to the model)."""
     import jax
 
-    from maskjax.train.state import ModelTemplate
+    from maskjax.core.templates import ModelTemplate
 
     _check_variables(spec, params, extra)
     template = (_template(spec.to_json()) if not kwargs

@@ -6,7 +6,7 @@ Layout of a converted directory::
     OUT_DIR/variables/           Orbax (StandardCheckpointer): {"params": ..., "extra": ...}
 
 ``params`` and ``extra`` are the same pure nested dicts with string keys that the train state
-holds (``maskjax.train.state.to_tree``): ``params`` are the trainable ``nnx.Param`` s, ``extra``
+holds (``maskjax.core.trees.to_tree``): ``params`` are the trainable ``nnx.Param`` s, ``extra``
 the buffers (fixed position embeddings). :func:`load_converted` rebuilds the NNX model.
 Training work directories (``config.json`` + ``checkpoints/``) can be read too, see
 :func:`read_train_workdir`.
@@ -85,14 +85,14 @@ class ModelSpec(JsonSpec):
 def _template(spec_json: str):
     # Tracing a model abstractly takes seconds for ViT-B and up; converters ask for the same
     # structure several times, so it is built once per spec.
-    from maskjax.train.state import ModelTemplate
+    from maskjax.core.templates import ModelTemplate
 
     spec = ModelSpec.from_dict(json.loads(spec_json))
     return ModelTemplate.from_builder(spec.build)
 
 
 def template(spec: ModelSpec):
-    """The :class:`maskjax.train.state.ModelTemplate` (graph + abstract variables) of ``spec``'s model."""
+    """The :class:`maskjax.core.templates.ModelTemplate` (graph + abstract variables) of ``spec``'s model."""
     return _template(spec.to_json())
 
 
@@ -142,7 +142,7 @@ def merge_model(spec: ModelSpec, params: Mapping, extra: Mapping, **kwargs: Any)
     extra = jax.tree.map(jax.numpy.asarray, dict(extra))
     if not kwargs:
         return template(spec).merge(params, extra)
-    from maskjax.train.state import ModelTemplate
+    from maskjax.core.templates import ModelTemplate
 
     return ModelTemplate.from_builder(lambda rngs: spec.build(rngs, **kwargs)).merge(params, extra)
 

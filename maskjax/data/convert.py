@@ -19,42 +19,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import struct
 import sys
 from typing import Any, Sequence
 
-FORMAT_NAME = "maskjax.image_label"
-FORMAT_VERSION = 1
-METADATA_FILE = "metadata.json"
-_LABEL = struct.Struct("<i")
-
-
-def encode_record(label: int, image: bytes) -> bytes:
-    """Packs a label and encoded image bytes into one record (label first, int32 LE)."""
-    return _LABEL.pack(int(label)) + bytes(image)
-
-
-def decode_record(record: bytes) -> tuple[int, bytes]:
-    """Inverse of `encode_record`: returns ``(label, image_bytes)``."""
-    if len(record) < _LABEL.size:
-        raise ValueError(f"corrupt record: {len(record)} bytes is shorter than the label header")
-    (label,) = _LABEL.unpack_from(record, 0)
-    return label, bytes(record[_LABEL.size :])
-
-
-def check_metadata(meta: dict[str, Any], where: str) -> dict[str, Any]:
-    """Validates a ``metadata.json`` dict (format name and version, required keys)."""
-    if meta.get("format") != FORMAT_NAME:
-        raise ValueError(f"{where}: not a maskjax image dataset (format={meta.get('format')!r})")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
-            f"{where}: format_version {meta.get('format_version')!r} is not supported "
-            f"(this maskjax reads version {FORMAT_VERSION})"
-        )
-    for key in ("class_names", "num_records", "shards"):
-        if key not in meta:
-            raise ValueError(f"{where}: metadata lacks {key!r}")
-    return meta
+# The record format is shared with the reader (sources.ArrayRecordImageSource); re-exported here,
+# where it was first defined.
+from maskjax.data.image_records import (  # noqa: F401
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    METADATA_FILE,
+    check_metadata,
+    decode_record,
+    encode_record,
+)
 
 
 def _shard_name(i: int, n: int) -> str:
@@ -76,7 +53,7 @@ def convert_image_folder(
     Returns:
       The metadata dict that was written to ``out_dir/metadata.json``.
     """
-    # Imported lazily: sources imports this module for the record format.
+    # Imported lazily: reading folders/tars does not need the ArrayRecord C++ module.
     from array_record.python import array_record_module
 
     from maskjax.data.sources import ImageFolderSource

@@ -130,7 +130,7 @@ class ImageModality(Modality):
         import jax
         import jax.numpy as jnp
 
-        b, s, c = int(config.global_batch), int(config.data.image_size), int(config.model.get("in_chans", 3))
+        b, s, c = int(config.global_batch), int(config.data.image_size), int(config.get("model", {}).get("in_chans", 3))
         return {"image": jax.ShapeDtypeStruct((b, s, s, c), jnp.float32),
                 "label": jax.ShapeDtypeStruct((b,), jnp.int32)}
 

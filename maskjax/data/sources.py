@@ -258,20 +258,21 @@ class ArrayRecordImageSource:
     """
 
     def __init__(self, path_or_dir: str | os.PathLike):
-        # Imported here so that reading folders/tars does not need the ArrayRecord C++ module.
-        from maskjax.data import convert
+        # The format convert_image_folder writes (image_records, not convert: convert reads its
+        # input through this module).
+        from maskjax.data import image_records
 
         path = os.fspath(path_or_dir)
         if not os.path.exists(path):
             raise FileNotFoundError(f"ArrayRecord dataset not found: {path}")
-        meta_path = path if os.path.isfile(path) else os.path.join(path, convert.METADATA_FILE)
+        meta_path = path if os.path.isfile(path) else os.path.join(path, image_records.METADATA_FILE)
         if not os.path.isfile(meta_path):
             raise FileNotFoundError(
-                f"no {convert.METADATA_FILE} in {path}; expected a directory written by "
+                f"no {image_records.METADATA_FILE} in {path}; expected a directory written by "
                 "`maskjax convert-images`"
             )
         with open(meta_path) as f:
-            self.metadata = convert.check_metadata(json.load(f), meta_path)
+            self.metadata = image_records.check_metadata(json.load(f), meta_path)
         self.path = os.path.dirname(os.path.abspath(meta_path))
         self.class_names = list(self.metadata["class_names"])
         shards = [os.path.join(self.path, s) for s in self.metadata["shards"]]
@@ -286,7 +287,7 @@ class ArrayRecordImageSource:
                 f"{self.path}: metadata says {self.metadata['num_records']} records but the "
                 f"shards hold {len(self._source)}"
             )
-        self._decode = convert.decode_record
+        self._decode = image_records.decode_record
 
     def __len__(self) -> int:
         return len(self._source)

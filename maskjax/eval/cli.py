@@ -7,19 +7,23 @@ import os
 import sys
 
 
-def load_checkpoint_model(config, workdir: str, step: int | None = None):
-    """Restores the model saved in ``workdir`` (newest step by default) onto this machine's devices.
+def restore_model(config, workdir: str, step: int | None = None, mesh=None, rules=None):
+    """Restores the model saved in ``workdir`` (newest step by default) sharded over ``mesh``.
 
-    Returns ``(model, step, method)``. Only the train state is read; the data iterator is not.
+    ``mesh``/``rules`` default to the config's (``config.mesh``, ``config.sharding_rules``).
+    Returns ``(model, step, method, mesh, rules)``: the model holds the restored arrays in their
+    sharded layout (nothing is gathered to a host). Only the train state is read; the data
+    iterator is not.
     """
     import jax
 
+    from maskjax.core.mesh import make_mesh, normalize_rules
     from maskjax.methods import make_method
-    from maskjax.train.checkpoint import Checkpointer
-    from maskjax.train.loop import host_model
-    from maskjax.train.optim import make_optimizer, warmup_cosine
-    from maskjax.train.sharding import make_mesh, normalize_rules
-    from maskjax.train.state import ModelTemplate, abstract_state
+    from maskjax.optim.optimizers import make_optimizer
+    from maskjax.optim.schedules import warmup_cosine
+    # The checkpoint format and state layout live in maskjax.core, shared with the trainer.
+    from maskjax.core.checkpoint import Checkpointer
+    from maskjax.core.state import ModelTemplate, abstract_state
 
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
     step = ckpt.latest_step() if step is None else step
@@ -29,12 +33,22 @@ def load_checkpoint_model(config, workdir: str, step: int | None = None):
     template = ModelTemplate.from_builder(method.build)
     # The optimizer only shapes the restore target; its hyper-parameters do not matter here.
     tx = make_optimizer(config.optim, warmup_cosine(0.0, 0, 1))
-    mesh = make_mesh(config.mesh)
-    target, _ = abstract_state(template, method.build, tx, mesh, normalize_rules(config.sharding_rules),
-                               jax.random.key(0))
+    mesh = make_mesh(config.mesh) if mesh is None else mesh
+    rules = normalize_rules(config.sharding_rules) if rules is None else rules
+    target, _ = abstract_state(template, method.build, tx, mesh, rules, jax.random.key(0))
     state, _ = ckpt.restore(step, target, None, {})
     ckpt.close()
-    return host_model(template, state), step, method
+    return template.merge(state["params"], state["extra"]), step, method, mesh, rules
+
+
+def load_checkpoint_model(config, workdir: str, step: int | None = None):
+    """Restores the model saved in ``workdir`` (newest step by default) onto this machine's devices.
+
+    Returns ``(model, step, method)``; the model's arrays stay sharded over the config's mesh
+    (reading them, e.g. ``np.asarray``, works in a single process). Used by ``maskjax convert``.
+    """
+    model, step, method, _, _ = restore_model(config, workdir, step)
+    return model, step, method
 
 
 def eval_main(argv: list[str]) -> int:
@@ -47,8 +61,8 @@ def eval_main(argv: list[str]) -> int:
     parser.add_argument("--override", action="append", default=[], help="config override key=value (repeatable)")
     args = parser.parse_args(argv)
     from maskjax.config import apply_overrides, load_config
+    from maskjax.data.modalities import get_modality
     from maskjax.eval.registry import EvalContext, run_evaluators
-    from maskjax.train.loop import open_eval_source, open_train_source
 
     config = load_config(args.config)
     overrides = {}
@@ -61,9 +75,11 @@ def eval_main(argv: list[str]) -> int:
     if unknown:
         print(f"maskjax eval: {unknown} not in config.evals ({sorted(config.evals)})", file=sys.stderr)
         return 2
-    model, step, method = load_checkpoint_model(config, args.workdir, args.step)
+    model, step, method, mesh, rules = restore_model(config, args.workdir, args.step)
+    modality = get_modality(method.modality)
     context = EvalContext(config=config, workdir=args.workdir, step=step, method=method,
-                          train_source=open_train_source(config), eval_source=open_eval_source(config), final=True)
+                          train_source=modality.open_source(config, "train"),
+                          eval_source=modality.open_source(config, "eval"), final=True, mesh=mesh, rules=rules)
     results = run_evaluators(model, context, names)
     for key, value in sorted(results.items()):
         print(f"{key}: {value:.4f}")

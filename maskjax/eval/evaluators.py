@@ -1,121 +1,122 @@
-"""The built-in evaluators: reconstruction figure, quick probe, MAE linear probe, kNN."""
+"""The built-in evaluators of every modality: frozen-feature probe, kNN, reconstruction figure, and
+MAE's paper protocols (LARS linear probe, layer-decay fine-tuning).
+
+The probe and kNN use only the method contract: examples come from the method's modality
+(``Modality.take_examples``) and features from ``method.features(model, inputs, pool=...)``, run
+as a sharded jit on the model's own (sharded) arrays (:mod:`maskjax.eval.features`). So one
+``feature_probe`` and one ``knn`` serve MAE, VideoMAE, MAE-ST, AudioMAE and the text methods.
+``quick_probe`` is the same probe under the name (and example-count defaults) the image configs use.
+"""
 
 from __future__ import annotations
 
 import os
 
 import jax
-import numpy as np
-from flax import nnx
 
-from maskjax.data.modalities import get_modality
+from maskjax.eval.features import (
+    RANDOM_INIT_SEED_OFFSET,
+    batched_apply,
+    features_fn,
+    fresh_model,
+    method_features,
+    num_classes,
+    say,
+    source_classes,
+    take,
+)
 from maskjax.eval.finetune import mae_finetune
 from maskjax.eval.knn import knn_accuracy
-from maskjax.eval.linear_probe import extract_features, fit_linear_probe
+from maskjax.eval.linear_probe import fit_linear_probe
 from maskjax.eval.mae_probe import mae_linear_probe
 from maskjax.eval.reconstruction import reconstruction_figure
 from maskjax.eval.registry import register
 
 
-def subset(n_total: int, n: int, seed: int) -> np.ndarray:
-    """A fixed random subset (sources are often sorted by class, so never take the first n)."""
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.permutation(n_total)[: min(n, n_total)])
-
-
-def method_features(method, model, inputs: np.ndarray) -> np.ndarray:
-    """Frozen features ``method.features(model, x)`` of ``inputs``, jitted, in batches (numpy [N, D])."""
-    apply = jax.jit(lambda m, x: method.features(m, x))
-    return extract_features(lambda x: apply(model, x), inputs)
-
-
-def _num_classes(*label_arrays) -> int:
-    return int(max(int(np.max(y)) for y in label_arrays) + 1)
-
-
-def source_classes(source, options) -> int:
-    """Number of classes: ``options.num_classes`` or the source's ``class_names``."""
-    if options.get("num_classes"):
-        return int(options.num_classes)
-    names = getattr(source, "class_names", None)
-    if not names:
-        raise ValueError("the data source does not list its classes; set num_classes in the evaluator options")
-    return len(names)
-
-
-def _say(message: str) -> None:
-    if jax.process_index() == 0:
-        print(message, flush=True)
-
-
 @register("reconstruction")
 def reconstruction(model, options, ctx) -> dict:
     """Writes ``reconstruction[_step].png``: original | masked | reconstruction."""
-    config = ctx.config
-    idx = subset(len(ctx.eval_source), options.get("num_images", 8), seed=1)
-    images, _ = _take(ctx, ctx.eval_source, idx)
+    images, _ = take(ctx, ctx.eval_source, options.get("num_images", 8), seed=1)
     name = "reconstruction.png" if ctx.final else f"reconstruction_{ctx.step}.png"
     path = os.path.join(ctx.workdir, name)
     reconstruction_figure(ctx.method, model, images, jax.random.key(0), path, stats=options.get("stats", "visible"))
-    _say(f"wrote {path}")
+    say(f"wrote {path}")
     return {}
 
 
-def _take(ctx, source, indices):
-    """``(inputs, labels)`` of ``source[indices]`` with the eval preprocessing of the method's modality."""
-    return get_modality(ctx.method.modality).take_examples(ctx.config, source, indices)
-
-
-def _probe_data(options, ctx):
-    tr = subset(len(ctx.train_source), options.get("train_examples", 4000), seed=2)
-    te = subset(len(ctx.eval_source), options.get("test_examples", 1000), seed=3)
-    xtr, ytr = _take(ctx, ctx.train_source, tr)
-    xte, yte = _take(ctx, ctx.eval_source, te)
+def probe_data(options, ctx, train_default: int, test_default: int):
+    """``(xtr, ytr, xte, yte)``: fixed random subsets of the train and held-out sources."""
+    xtr, ytr = take(ctx, ctx.train_source, options.get("train_examples", train_default), seed=2)
+    xte, yte = take(ctx, ctx.eval_source, options.get("test_examples", test_default), seed=3)
     return xtr, ytr, xte, yte
+
+
+def _feature_probe(model, options, ctx, *, train_default: int, test_default: int) -> dict:
+    xtr, ytr, xte, yte = probe_data(options, ctx, train_default, test_default)
+    classes = num_classes(ytr, yte)
+    steps, pool = options.get("steps", 500), options.get("pool", None)
+    fn = features_fn(ctx.method, pool)  # one program for the trained and the random-init model
+
+    def top1(m):
+        fit = fit_linear_probe(method_features(ctx, m, xtr, fn=fn), ytr, method_features(ctx, m, xte, fn=fn), yte,
+                               classes, steps=steps)
+        return fit["test_accuracy"]
+
+    out = {"top1": top1(model)}
+    if options.get("random_baseline", True):
+        out["random_init_top1"] = top1(fresh_model(ctx.method, ctx.config.seed + RANDOM_INIT_SEED_OFFSET,
+                                                   ctx.mesh, ctx.rules))
+    say(f"linear probe (frozen {pool or 'default'} feature, {len(ytr)} train / {len(yte)} test examples): top-1 "
+        f"{100 * out['top1']:.1f}% pre-trained"
+        + (f" vs {100 * out['random_init_top1']:.1f}% random-init encoder" if "random_init_top1" in out else ""))
+    return out
+
+
+@register("feature_probe")
+def feature_probe(model, options, ctx) -> dict:
+    """Softmax regression on standardised frozen features, against a random-init model (any modality).
+
+    Options: ``train_examples`` (2000), ``test_examples`` (500), ``pool`` (passed to
+    ``method.features``; None: the method's default feature), ``steps`` (500),
+    ``random_baseline`` (default True).
+    """
+    return _feature_probe(model, options, ctx, train_default=2000, test_default=500)
 
 
 @register("quick_probe")
 def quick_probe(model, options, ctx) -> dict:
-    """Standardised frozen cls features + softmax regression, against a random-init encoder."""
-    xtr, ytr, xte, yte = _probe_data(options, ctx)
-    classes = _num_classes(ytr, yte)
-    steps = options.get("steps", 500)
-    feats = lambda m, x: method_features(ctx.method, m, x)
-    trained = fit_linear_probe(feats(model, xtr), ytr, feats(model, xte), yte, classes, steps=steps)
-    out = {"top1": trained["test_accuracy"]}
-    if options.get("random_baseline", True):
-        random_model = ctx.method.build(nnx.Rngs(params=jax.random.key(ctx.config.seed + 12345)))
-        base = fit_linear_probe(feats(random_model, xtr), ytr, feats(random_model, xte), yte, classes, steps=steps)
-        out["random_init_top1"] = base["test_accuracy"]
-    _say(f"linear probe (frozen cls feature, {len(ytr)} train / {len(yte)} test images): top-1 "
-         f"{100 * out['top1']:.1f}% pre-trained"
-         + (f" vs {100 * out['random_init_top1']:.1f}% random-init encoder" if "random_init_top1" in out else ""))
-    return out
+    """:func:`feature_probe` with the image configs' defaults (4000 train / 1000 test examples)."""
+    return _feature_probe(model, options, ctx, train_default=4000, test_default=1000)
 
 
 @register("knn")
 def knn(model, options, ctx) -> dict:
-    """Cosine kNN (k=20, T=0.07) on frozen cls features of the training and held-out splits."""
-    xtr, ytr, xte, yte = _probe_data(options, ctx)
-    acc = knn_accuracy(method_features(ctx.method, model, xtr), ytr, method_features(ctx.method, model, xte), yte,
-                       _num_classes(ytr, yte),
-                       k=options.get("k", 20), temperature=options.get("temperature", 0.07))
-    _say(f"kNN (k={options.get('k', 20)}): top-1 {100 * acc:.1f}%")
+    """Cosine kNN (k=20, T=0.07) on frozen features of the training and held-out splits (any modality).
+
+    Options: ``train_examples`` (4000), ``test_examples`` (1000), ``pool``, ``k``, ``temperature``.
+    """
+    xtr, ytr, xte, yte = probe_data(options, ctx, 4000, 1000)
+    fn = features_fn(ctx.method, options.get("pool", None))
+    acc = knn_accuracy(method_features(ctx, model, xtr, fn=fn), ytr, method_features(ctx, model, xte, fn=fn), yte,
+                       num_classes(ytr, yte), k=options.get("k", 20), temperature=options.get("temperature", 0.07))
+    say(f"kNN (k={options.get('k', 20)}): top-1 {100 * acc:.1f}%")
     return {"top1": acc}
 
 
 @register("linear_probe")
 def linear_probe(model, options, ctx) -> dict:
-    """MAE's linear-probe protocol (LARS, BatchNorm without affine, TF-style crops)."""
+    """MAE's linear-probe protocol (LARS, BatchNorm without affine, TF-style crops) on the cls feature."""
     config = ctx.config
+    fn = features_fn(ctx.method, "cls")
     out = mae_linear_probe(
-        ctx.method.encoder(model), ctx.train_source, ctx.eval_source, image_size=config.data.image_size,
+        lambda images: batched_apply(fn, model, images, mesh=ctx.mesh, rules=ctx.rules, batch_size=512),
+        ctx.train_source, ctx.eval_source, image_size=config.data.image_size,
         num_classes=source_classes(ctx.train_source, options),
         epochs=options.get("epochs", 90), batch_size=options.get("batch_size", 16384),
         blr=options.get("blr", 0.1), warmup_epochs=options.get("warmup_epochs", 10),
         crop_pct=config.data.crop_pct, cache_features=options.get("cache_features", False),
         seed=config.seed, max_eval=options.get("max_eval", None), train_examples=options.get("train_examples", None))
-    _say(f"MAE linear probe: top-1 {100 * out['top1']:.1f}%")
+    say(f"MAE linear probe: top-1 {100 * out['top1']:.1f}%")
     return out
 
 
@@ -129,5 +130,5 @@ def finetune(model, options, ctx) -> dict:
     out = mae_finetune(ctx.method.encoder(model), ctx.train_source, ctx.eval_source, image_size=config.data.image_size,
                        num_classes=source_classes(ctx.train_source, options), crop_pct=config.data.crop_pct,
                        seed=config.seed, variant=config.model.variant, **kwargs)
-    _say(f"MAE fine-tune: top-1 {100 * out['top1']:.1f}% after {out['steps']} steps")
+    say(f"MAE fine-tune: top-1 {100 * out['top1']:.1f}% after {out['steps']} steps")
     return out

@@ -26,9 +26,9 @@ from maskjax.data.pipeline import make_image_pipeline, take_arrays
 from maskjax.data.sources import maybe_subset
 from maskjax.eval.mixup import mixup_cutmix, soft_cross_entropy
 from maskjax.models.classifier import ViTClassifier
-from maskjax.train.layer_decay import layer_decay_adamw
-from maskjax.train.optim import peak_lr, warmup_cosine
-from maskjax.train.state import to_tree
+from maskjax.optim.layer_decay import layer_decay_adamw
+from maskjax.optim.schedules import peak_lr, warmup_cosine
+from maskjax.core.trees import to_tree
 
 
 def load_encoder_params(params: dict, encoder_params: dict) -> tuple[dict, list[str]]:

@@ -14,15 +14,6 @@ import numpy as np
 import optax
 
 
-def extract_features(encoder_apply, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Runs ``encoder_apply(images) -> [B, D]`` over ``images`` in batches; returns numpy [N, D]."""
-    fn = jax.jit(encoder_apply)
-    out = []
-    for start in range(0, len(images), batch_size):
-        out.append(np.asarray(fn(jnp.asarray(images[start:start + batch_size]))))
-    return np.concatenate(out, axis=0)
-
-
 def fit_linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
                      num_classes: int, *, steps: int = 500, lr: float = 0.01,
                      weight_decay: float = 1e-4, seed: int = 0) -> dict[str, float]:

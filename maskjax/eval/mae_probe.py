@@ -13,7 +13,7 @@ so many probe epochs cost almost nothing (what a CPU can afford; say so when rep
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -22,27 +22,13 @@ import optax
 
 from maskjax.data.pipeline import make_image_pipeline, take_arrays
 from maskjax.data.sources import maybe_subset
-from maskjax.train.optim import peak_lr, warmup_cosine
+from maskjax.optim.lars import lars
+from maskjax.optim.schedules import peak_lr, warmup_cosine
+
+__all__ = ["BN_EPS", "BN_MOMENTUM", "head_logits", "init_head", "lars", "mae_linear_probe"]
 
 BN_EPS = 1e-6
 BN_MOMENTUM = 0.1
-
-
-def lars(learning_rate, *, momentum: float = 0.9, trust_coefficient: float = 0.001,
-         weight_decay: float = 0.0) -> optax.GradientTransformation:
-    """MAE's ``util/lars.py`` LARS as an optax chain.
-
-    Order as the official code: decay and trust-ratio scaling on >1-D parameters, momentum
-    accumulated on the scaled gradient, then the learning rate (optax.lars applies the lr
-    before the momentum, which differs while the lr changes).
-    """
-    mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
-    return optax.chain(
-        optax.masked(optax.add_decayed_weights(weight_decay), mask),
-        optax.masked(optax.scale_by_trust_ratio(trust_coefficient=trust_coefficient), mask),
-        optax.trace(decay=momentum),
-        optax.scale_by_learning_rate(learning_rate),
-    )
 
 
 def init_head(key, dim: int, num_classes: int) -> dict:
@@ -66,26 +52,26 @@ def head_logits(params: dict, bn: dict, feats: jax.Array, train: bool):
     return x @ params["w"] + params["b"], new_bn
 
 
-def _features_fn(encoder) -> Callable:
-    apply = jax.jit(lambda enc, x: enc(x)[1]["cls"])
-    return lambda x: apply(encoder, x)
-
-
-def mae_linear_probe(encoder: Any, train_source, eval_source, *, image_size: int, num_classes: int,
+def mae_linear_probe(features: Callable, train_source, eval_source, *, image_size: int, num_classes: int,
                      epochs: int = 90, batch_size: int = 16384, blr: float = 0.1, warmup_epochs: float = 10,
                      crop_pct: float = 0.875, cache_features: bool = False, seed: int = 0,
                      max_eval: int | None = None, train_examples: int | None = None) -> dict[str, float]:
-    """Trains the MAE probe head on a frozen ``encoder`` (a maskjax ViT); returns top-1 accuracy."""
+    """Trains the MAE probe head on frozen features; returns top-1 accuracy.
+
+    ``features(images) -> [B, D]``: the frozen encoder's cls feature of a numpy batch (the
+    evaluator passes ``method.features(..., pool="cls")`` run as a sharded jit on the mesh). The
+    head is tiny and trains on one device.
+    """
     train_source = maybe_subset(train_source, train_examples, seed)
     eval_source = maybe_subset(eval_source, max_eval, seed + 1)
-    features = _features_fn(encoder)
     n_train = len(train_source)
     batch_size = min(batch_size, n_train)
     steps_per_epoch = n_train // batch_size
     total = max(int(epochs * steps_per_epoch), 1)
     schedule = warmup_cosine(peak_lr(blr, batch_size), int(warmup_epochs * steps_per_epoch), total)
     tx = lars(schedule)
-    dim = encoder.width
+    # The head's width from a forward pass (no guessing from encoder attributes).
+    dim = int(np.shape(features(take_arrays(train_source, [0], image_size, crop_pct=crop_pct)[0]))[-1])
 
     @jax.jit
     def step(state, feats, labels):
@@ -112,11 +98,11 @@ def mae_linear_probe(encoder: Any, train_source, eval_source, *, image_size: int
         ds = make_image_pipeline(train_source, global_batch=batch_size, image_size=image_size, train=True,
                                  seed=seed, augment="probe", process_index=0, process_count=1, num_epochs=epochs)
         for batch in ds:
-            state, loss = step(state, features(jnp.asarray(batch["image"])), jnp.asarray(batch["label"]))
+            state, loss = step(state, jnp.asarray(features(batch["image"])), jnp.asarray(batch["label"]))
     n_eval = len(eval_source)
     correct = 0
     for start in range(0, n_eval, 512):
         xe, ye = take_arrays(eval_source, range(start, min(start + 512, n_eval)), image_size, crop_pct=crop_pct)
-        logits, _ = head_logits(state["params"], state["bn"], features(xe), train=False)
+        logits, _ = head_logits(state["params"], state["bn"], jnp.asarray(features(xe)), train=False)
         correct += int(np.sum(np.argmax(np.asarray(logits), -1) == ye))
     return {"top1": correct / n_eval, "final_train_loss": float(loss), "steps": total}

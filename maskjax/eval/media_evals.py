@@ -1,9 +1,12 @@
-"""Evaluators of the video and audio families: a frozen-feature probe and end-to-end fine-tuning.
+"""End-to-end fine-tuning on in-memory examples (the video and audio families' evaluator).
 
-Both read examples through the method's modality (``Modality.take_examples``), so one evaluator
-serves VideoMAE, VideoMAE V2, MAE-ST and AudioMAE. The encoder contract: ``encoder(x, mask=None)``
-returns ``(tokens, aux)`` with ``aux["pooled"]`` (the mean of the patch tokens; VideoMAE and
-AudioMAE fine-tune from mean pooling) and, where the model has one, ``aux["cls"]``.
+It reads examples through the method's modality (``Modality.take_examples``) and trains a copy
+of ``method.encoder(model)``, so one evaluator serves VideoMAE, VideoMAE V2, MAE-ST and AudioMAE
+(the frozen-feature probe and kNN of every modality are in :mod:`maskjax.eval.evaluators`). The
+encoder contract: ``encoder(x, mask=None)`` returns ``(tokens, aux)`` with ``aux["pooled"]`` (the
+mean of the patch tokens; VideoMAE and AudioMAE fine-tune from mean pooling) and, where the model
+has one, ``aux["cls"]``. The copied encoder keeps its parameters' sharding and the batches are
+sharded over the mesh's batch axes.
 
 ``media_finetune`` follows the official recipes where the small in-memory setting allows:
 AdamW (0.9, 0.999) with layer-wise lr decay and weight decay 0.05 (none on 1-D parameters),
@@ -18,6 +21,7 @@ augmentation and drop path, which need the streaming pipeline of a full-size run
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import jax
@@ -26,57 +30,13 @@ import numpy as np
 import optax
 from flax import nnx
 
-from maskjax.eval.evaluators import _say, subset
-from maskjax.eval.linear_probe import fit_linear_probe
+from maskjax.data.modalities import get_modality
+from maskjax.eval.features import RANDOM_INIT_SEED_OFFSET, batched_apply, fresh_model, global_batch, say, subset, take
 from maskjax.eval.registry import register
+from maskjax.core.mesh import batch_divisor, batch_sharding
 from maskjax.models.layers import layer_norm
-from maskjax.train.layer_decay import layer_decay_adamw
-from maskjax.train.optim import warmup_cosine
-
-
-def _modality(ctx):
-    from maskjax.data.modalities import get_modality
-    from maskjax.methods import method_modality
-
-    return get_modality(method_modality(ctx.config.method))
-
-
-def take_split(ctx, source, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A fixed random subset of ``n`` examples of ``source`` with eval preprocessing."""
-    idx = subset(len(source), n, seed)
-    return _modality(ctx).take_examples(ctx.config, source, idx)
-
-
-def pooled_features(encoder, inputs: np.ndarray, pool: str = "pooled", batch_size: int = 64) -> np.ndarray:
-    """Frozen features ``aux[pool]`` ("pooled" = mean of patch tokens, or "cls") of ``inputs``."""
-    fn = jax.jit(lambda enc, x: enc(x)[1][pool])
-    out = [np.asarray(fn(encoder, jnp.asarray(inputs[i:i + batch_size])))
-           for i in range(0, len(inputs), batch_size)]
-    return np.concatenate(out, axis=0).astype(np.float32)
-
-
-@register("feature_probe")
-def feature_probe(model, options, ctx) -> dict:
-    """Softmax regression on standardised frozen features, against a random-init encoder.
-
-    Options: ``train_examples``, ``test_examples``, ``pool`` ("pooled" | "cls"), ``steps``,
-    ``random_baseline`` (default True).
-    """
-    xtr, ytr = take_split(ctx, ctx.train_source, options.get("train_examples", 2000), seed=2)
-    xte, yte = take_split(ctx, ctx.eval_source, options.get("test_examples", 500), seed=3)
-    classes = int(max(ytr.max(), yte.max()) + 1)
-    pool, steps = options.get("pool", "pooled"), options.get("steps", 500)
-    enc = getattr(model, "encoder", model)
-    out = {"top1": fit_linear_probe(pooled_features(enc, xtr, pool), ytr, pooled_features(enc, xte, pool), yte,
-                                    classes, steps=steps)["test_accuracy"]}
-    if options.get("random_baseline", True):
-        renc = getattr(ctx.method.build(nnx.Rngs(params=jax.random.key(ctx.config.seed + 12345))), "encoder")
-        out["random_init_top1"] = fit_linear_probe(
-            pooled_features(renc, xtr, pool), ytr, pooled_features(renc, xte, pool), yte, classes,
-            steps=steps)["test_accuracy"]
-    _say(f"feature probe ({pool}, {len(ytr)} train / {len(yte)} test): top-1 {100 * out['top1']:.1f}%"
-         + (f" vs {100 * out['random_init_top1']:.1f}% random-init" if "random_init_top1" in out else ""))
-    return out
+from maskjax.optim.layer_decay import layer_decay_adamw, path_strings
+from maskjax.optim.schedules import warmup_cosine
 
 
 class PooledClassifier(nnx.Module):
@@ -125,22 +85,44 @@ def _loss_fn(logits: jax.Array, labels: jax.Array, num_classes: int, smoothing: 
     return optax.softmax_cross_entropy(logits, targets).mean()
 
 
+def encoder_blocks(params) -> int:
+    """Number of transformer blocks in a parameter tree: 1 + the largest ``k`` of a ``blocks/k`` path.
+
+    Read from the paths (as :func:`~maskjax.optim.layer_decay.layer_id` reads them) rather than
+    from encoder attributes, so the layer-decay depth always matches the layer ids.
+    """
+    depth = 0
+    for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
+        names = path_strings(path)
+        for i, name in enumerate(names[:-1]):
+            if name == "blocks" and names[i + 1].isdigit():
+                depth = max(depth, int(names[i + 1]) + 1)
+    return depth
+
+
 def finetune_arrays(encoder, xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray, *,
                     num_classes: int, epochs: float = 10, batch_size: int = 32, lr: float = 1e-3,
                     layer_decay: float = 0.75, weight_decay: float = 0.05, warmup_epochs: float = 1,
                     min_lr: float = 1e-6, label_smoothing: float = 0.1, pool: str = "pooled",
-                    head_init_scale: float = 0.001, train_mask_fn=None, seed: int = 0) -> dict[str, float]:
+                    head_init_scale: float = 0.001, train_mask_fn=None, seed: int = 0,
+                    mesh=None, rules=None) -> dict[str, float]:
     """Fine-tunes a copy of ``encoder`` + head on in-memory arrays; returns test metrics.
 
     ``ytr``/``yte`` are int labels [n] (softmax, top-1) or multi-hot [n, C] (BCE, mAP). ``xte`` may
     carry a view axis [n, V, ...]: predictions are then averaged over the views (softmax or
     sigmoid), VideoMAE's multi-view testing. ``train_mask_fn(key, batch) -> Mask`` drops tokens
-    during training (AudioMAE's time/frequency masking); testing never masks.
+    during training (AudioMAE's time/frequency masking); testing never masks. With a ``mesh``
+    (and ``rules``) the batches are sharded over its batch axes; the encoder's parameters keep
+    whatever sharding they have.
     """
     multilabel = ytr.ndim == 2
     enc_graph, enc_state = nnx.split(encoder)
-    model = PooledClassifier(nnx.merge(enc_graph, jax.tree.map(jnp.array, enc_state)),
-                             _width(encoder), num_classes, pool=pool, head_init_scale=head_init_scale,
+    # A copy (same sharding): the caller's encoder holds the train state's arrays.
+    copy = nnx.merge(enc_graph, jax.tree.map(jnp.array, enc_state))
+    # The head's width from a forward pass (abstract: no compute), not from encoder attributes.
+    width = jax.eval_shape(lambda e, x: e(x)[1][pool], copy, jax.ShapeDtypeStruct((1,) + xtr.shape[1:],
+                                                                                 xtr.dtype)).shape[-1]
+    model = PooledClassifier(copy, int(width), num_classes, pool=pool, head_init_scale=head_init_scale,
                              rngs=nnx.Rngs(params=jax.random.key(seed)))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     n = len(xtr)
@@ -148,7 +130,7 @@ def finetune_arrays(encoder, xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, 
     steps_per_epoch = max(n // batch_size, 1)
     total = max(int(epochs * steps_per_epoch), 1)
     schedule = warmup_cosine(lr, int(warmup_epochs * steps_per_epoch), total, min_lr)
-    tx = layer_decay_adamw(schedule, params, len(encoder.blocks), layer_decay, weight_decay)
+    tx = layer_decay_adamw(schedule, params, encoder_blocks(params), layer_decay, weight_decay)
     opt = tx.init(params)
 
     def logits_of(p, x, mask=None):
@@ -162,15 +144,32 @@ def finetune_arrays(encoder, xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, 
         updates, o = tx.update(grads, o, p)
         return optax.apply_updates(p, updates), o, loss
 
+    # Training batches are sharded over the batch axes when they divide evenly (else replicated).
+    sharding = None
+    if mesh is not None and batch_size % batch_divisor(mesh, rules) == 0:
+        sharding = batch_sharding(mesh, rules)
     rng = np.random.default_rng(seed)
     key = jax.random.key(seed + 1)
     loss = jnp.nan
-    for i in range(total):
-        if i % steps_per_epoch == 0:
-            order = rng.permutation(n)
-        idx = order[(i % steps_per_epoch) * batch_size:(i % steps_per_epoch + 1) * batch_size]
-        params, opt, loss = step(params, opt, jnp.asarray(xtr[idx]), jnp.asarray(ytr[idx]), jax.random.fold_in(key, i))
-    probs = _predict(lambda x: logits_of(params, x), xte, multilabel, views=xte.ndim == xtr.ndim + 1)
+    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+        for i in range(total):
+            if i % steps_per_epoch == 0:
+                order = rng.permutation(n)
+            idx = order[(i % steps_per_epoch) * batch_size:(i % steps_per_epoch + 1) * batch_size]
+            x, y = global_batch((xtr[idx], ytr[idx]), sharding)
+            params, opt, loss = step(params, opt, x, y, jax.random.fold_in(key, i))
+    views = xte.ndim == xtr.ndim + 1
+
+    @jax.jit
+    def predict(p, x):
+        if views:  # [b, V, ...] -> one batch of b * V clips, probabilities averaged over the views
+            b, v = x.shape[:2]
+            x = x.reshape((b * v,) + x.shape[2:])
+        logits = logits_of(p, x)
+        probs = jax.nn.sigmoid(logits) if multilabel else jax.nn.softmax(logits, axis=-1)
+        return probs.reshape(b, v, -1).mean(1) if views else probs
+
+    probs = batched_apply(predict, params, xte, mesh=mesh, rules=rules, batch_size=32)
     out = {"final_train_loss": float(loss), "steps": total}
     if multilabel:
         out["mAP"] = mean_average_precision(probs, yte)
@@ -179,30 +178,9 @@ def finetune_arrays(encoder, xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, 
     return out
 
 
-def _predict(apply, xte: np.ndarray, multilabel: bool, views: bool, batch_size: int = 32) -> np.ndarray:
-    fn = jax.jit(lambda x: jax.nn.sigmoid(apply(x)) if multilabel else jax.nn.softmax(apply(x), axis=-1))
-    out = []
-    for i in range(0, len(xte), batch_size):
-        chunk = xte[i:i + batch_size]
-        if views:
-            b, v = chunk.shape[:2]
-            probs = np.asarray(fn(jnp.asarray(chunk.reshape((b * v,) + chunk.shape[2:]))))
-            out.append(probs.reshape(b, v, -1).mean(1))
-        else:
-            out.append(np.asarray(fn(jnp.asarray(chunk))))
-    return np.concatenate(out, 0)
-
-
-def _width(encoder) -> int:
-    for name in ("width", "embed_dim", "dim"):
-        if hasattr(encoder, name):
-            return int(getattr(encoder, name))
-    raise ValueError("cannot tell the encoder's width (expected a `width` attribute)")
-
-
 @register("media_finetune")
 def media_finetune(model, options, ctx) -> dict:
-    """End-to-end fine-tuning of the pre-trained video/audio encoder (module docstring).
+    """End-to-end fine-tuning of the pre-trained encoder (``method.encoder``) on in-memory examples.
 
     Options: ``train_examples``, ``test_examples``, ``epochs``, ``batch_size``, ``lr``,
     ``layer_decay``, ``weight_decay``, ``warmup_epochs``, ``label_smoothing``, ``pool``,
@@ -211,31 +189,29 @@ def media_finetune(model, options, ctx) -> dict:
     ``random_baseline`` (also fine-tune a random-init encoder, default False).
     """
     if jax.process_count() > 1:
-        raise NotImplementedError("the media fine-tune evaluator runs on one host")
-    xtr, ytr = take_split(ctx, ctx.train_source, options.get("train_examples", 2000), seed=2)
-    modality = _modality(ctx)
+        raise NotImplementedError("the media fine-tune evaluator runs in one process (on all its devices)")
+    xtr, ytr = take(ctx, ctx.train_source, options.get("train_examples", 2000), seed=2)
+    modality = get_modality(ctx.method.modality)
     n_test = options.get("test_examples", 500)
     if options.get("multi_view", False) and hasattr(modality, "take_views"):
         idx = subset(len(ctx.eval_source), n_test, 3)
         xte, yte = modality.take_views(ctx.config, ctx.eval_source, idx)
     else:
-        xte, yte = take_split(ctx, ctx.eval_source, n_test, seed=3)
+        xte, yte = take(ctx, ctx.eval_source, n_test, seed=3)
     classes = options.get("num_classes") or (ytr.shape[1] if ytr.ndim == 2 else int(max(ytr.max(), yte.max()) + 1))
     kwargs = {k: options[k] for k in ("epochs", "batch_size", "lr", "layer_decay", "weight_decay", "warmup_epochs",
                                       "label_smoothing", "pool", "head_init_scale") if k in options}
-    mask_fn = _train_mask_fn(ctx, options)
-    enc = getattr(model, "encoder", model)
-    out = finetune_arrays(enc, xtr, ytr, xte, yte, num_classes=int(classes), train_mask_fn=mask_fn,
-                          seed=ctx.config.seed, **kwargs)
+    kwargs.update(num_classes=int(classes), train_mask_fn=_train_mask_fn(ctx, options), seed=ctx.config.seed,
+                  mesh=ctx.mesh, rules=ctx.rules)
+    out = finetune_arrays(ctx.method.encoder(model), xtr, ytr, xte, yte, **kwargs)
     if options.get("random_baseline", False):
-        renc = ctx.method.build(nnx.Rngs(params=jax.random.key(ctx.config.seed + 12345))).encoder
-        base = finetune_arrays(renc, xtr, ytr, xte, yte, num_classes=int(classes), train_mask_fn=mask_fn,
-                               seed=ctx.config.seed, **kwargs)
+        fresh = fresh_model(ctx.method, ctx.config.seed + RANDOM_INIT_SEED_OFFSET, ctx.mesh, ctx.rules)
+        base = finetune_arrays(ctx.method.encoder(fresh), xtr, ytr, xte, yte, **kwargs)
         out.update({f"random_init_{k}": v for k, v in base.items() if k in ("top1", "mAP")})
     metric = "mAP" if "mAP" in out else "top1"
-    _say(f"fine-tune ({len(xtr)} train / {len(xte)} test, {out['steps']} steps): {metric} "
-         f"{100 * out[metric]:.1f}%" + (f" vs {100 * out['random_init_' + metric]:.1f}% random-init"
-                                        if "random_init_" + metric in out else ""))
+    say(f"fine-tune ({len(xtr)} train / {len(xte)} test, {out['steps']} steps): {metric} "
+        f"{100 * out[metric]:.1f}%" + (f" vs {100 * out['random_init_' + metric]:.1f}% random-init"
+                                       if "random_init_" + metric in out else ""))
     return out
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 
-from maskjax.train.metrics import read_metrics
-
 
 def _read_jsonl(path: str) -> list[dict]:
     if not os.path.exists(path):
@@ -22,7 +20,8 @@ def plot_run(workdir: str, path: str | None = None) -> str:
     matplotlib.use("Agg")  # no display on servers
     import matplotlib.pyplot as plt
 
-    train = [r for r in read_metrics(workdir) if "loss" in r]
+    # metrics.jsonl is the trainer's MetricWriter output: one JSON record per line.
+    train = [r for r in _read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "loss" in r]
     evals = _read_jsonl(os.path.join(workdir, "eval_results.jsonl"))
     if not train:
         raise FileNotFoundError(f"no training metrics in {workdir}/metrics.jsonl")

@@ -4,6 +4,12 @@
 ``every_steps`` (0: only after training) and the evaluator's own options. An evaluator is
 ``fn(model, options, context) -> dict of metrics``; the trainer and ``maskjax eval`` call
 :func:`run_evaluators` and never branch on evaluator names.
+
+The model an evaluator receives holds the train state's own arrays, sharded over
+``context.mesh`` (never gathered to a host); evaluators run their per-example functions as
+sharded jits (:mod:`maskjax.eval.features`). Evaluator modules register themselves when imported;
+:func:`known_evaluators` finds them with :func:`maskjax.plugins.discover` (every module of this
+package, plus the ``maskjax.evaluators`` entry points), so this module imports none of them.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from typing import Any, Callable
 import jax
 
 _EVALUATORS: dict[str, Callable] = {}
+# Modules of maskjax.eval that define no evaluator (commands, figures and shared helpers).
+_NOT_EVALUATORS = ("cli", "plots", "registry")
 
 
 @dataclasses.dataclass
@@ -29,6 +37,10 @@ class EvalContext:
     train_source: Any
     eval_source: Any
     final: bool = False
+    # The mesh the model's arrays live on and the logical-axis rules (maskjax.core.mesh.normalize_rules):
+    # evaluators shard their input batches with them. None: one device, unsharded.
+    mesh: Any = None
+    rules: Any = None
 
 
 def register(name: str):
@@ -43,9 +55,11 @@ def register(name: str):
 
 def known_evaluators() -> list[str]:
     """Names of the registered evaluators."""
-    # Importing the modules registers the built-in evaluators.
-    from maskjax.eval import evaluators, media_evals, text_classify, text_evals  # noqa: F401
+    # Importing the modules registers the built-in evaluators (and plugins' ones); helper modules
+    # that register nothing are skipped so a lookup imports no more than it needs.
+    from maskjax import plugins
 
+    plugins.discover("maskjax.eval", plugins.EVALUATORS, skip=_NOT_EVALUATORS)
     return sorted(_EVALUATORS)
 
 

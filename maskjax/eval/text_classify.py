@@ -27,12 +27,14 @@ import numpy as np
 import optax
 from flax import nnx
 
+from maskjax.eval.features import say
 from maskjax.eval.registry import register
+from maskjax.core.keys import example_keys
 from maskjax.models.bert import activation, dropout, keep_masks, split_keys, tdense
-from maskjax.train.layer_decay import path_strings, scale_by_tree
-from maskjax.train.optim import make_optimizer, warmup_linear
-from maskjax.train.state import to_tree
-from maskjax.train.step import example_keys
+from maskjax.optim.layer_decay import path_strings, scale_by_tree
+from maskjax.optim.optimizers import make_optimizer
+from maskjax.optim.schedules import warmup_linear
+from maskjax.core.trees import to_tree
 
 HEADS = ("bert", "electra")
 METRICS = ("accuracy", "mcc", "f1", "pearson_spearman")
@@ -342,11 +344,6 @@ def _summary(out: dict, keys: tuple[str, ...]) -> str:
     return text
 
 
-def _say(message: str) -> None:
-    if jax.process_index() == 0:
-        print(message, flush=True)
-
-
 @register("glue")
 def glue_evaluator(model, options, ctx) -> dict:
     """Fine-tunes on a prepared TFDS GLUE task (``options.task``) and scores its eval split(s).
@@ -367,7 +364,7 @@ def glue_evaluator(model, options, ctx) -> dict:
                           seed=ctx.config.seed + 1) for s in task.eval_splits}
     out = _finetune_both(model, options, ctx, train, evals if len(evals) > 1 else evals[task.eval_splits[0]],
                          num_labels=task.num_labels, metric=task.metric)
-    _say(f"GLUE {task.name} ({len(train['label'])} train examples, {out['steps']} steps): "
+    say(f"GLUE {task.name} ({len(train['label'])} train examples, {out['steps']} steps): "
          + _summary(out, ("accuracy", "mcc", "f1", "pearson", "spearman")))
     return out
 
@@ -389,6 +386,6 @@ def text_classify_evaluator(model, options, ctx) -> dict:
                                       n_train=int(options.get("n_train", 2000)),
                                       n_test=int(options.get("n_test", 500)), seed=int(options.get("seed", 0)))
     out = _finetune_both(model, options, ctx, train, test, num_labels=2, metric="mcc")
-    _say(f"word-order proxy ({len(train['label'])} train / {len(test['label'])} test sentences, "
+    say(f"word-order proxy ({len(train['label'])} train / {len(test['label'])} test sentences, "
          f"{out['steps']} steps): " + _summary(out, ("accuracy", "mcc")))
     return out

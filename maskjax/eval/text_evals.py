@@ -9,20 +9,25 @@ and ELECTRA its generator.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import jax
 
+from maskjax.eval.features import global_batch
 from maskjax.eval.registry import register
-from maskjax.train.step import example_keys
+from maskjax.core.keys import example_keys
+from maskjax.core.mesh import batch_divisor, batch_sharding
 
 
 def heldout_mlm(method, model, source, *, rate: float, batch_size: int = 32, max_batches: int | None = None,
-                seed: int = 0) -> dict:
+                seed: int = 0, mesh=None, rules=None) -> dict:
     """Masked-token ``accuracy``, ``loss`` (mean NLL) and ``perplexity`` over ``source`` blocks.
 
-    Every process evaluates the same blocks in the same order (the result does not depend on
-    the process count); the last partial batch is dropped.
+    Every process reads the same blocks in the same order (the result does not depend on the
+    process count); the last partial batch is dropped. With a ``mesh`` each batch is sharded
+    over its batch axes (when they divide the batch) and the model keeps its own sharding;
+    only the summed statistics come back.
     """
     from maskjax.data.text import make_text_pipeline
 
@@ -35,12 +40,17 @@ def heldout_mlm(method, model, source, *, rate: float, batch_size: int = 32, max
     totals = {"nll_sum": 0.0, "correct": 0.0, "count": 0.0}
     batches = make_text_pipeline(source, global_batch=batch_size, train=False, seed=seed,
                                  process_index=0, process_count=1)
-    for i, batch in enumerate(batches):
-        if max_batches is not None and i >= max_batches:
-            break
-        out = jax.device_get(stats(model, batch, example_keys(base, i, batch_size)))
-        for key in totals:
-            totals[key] += float(out[key])
+    sharding = None
+    if mesh is not None and batch_size % batch_divisor(mesh, rules) == 0:
+        sharding = batch_sharding(mesh, rules)
+    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+        for i, batch in enumerate(batches):
+            if max_batches is not None and i >= max_batches:
+                break
+            # Sums are replicated scalars: readable on every process without a gather.
+            out = jax.device_get(stats(model, global_batch(batch, sharding), example_keys(base, i, batch_size)))
+            for key in totals:
+                totals[key] += float(out[key])
     count = max(totals["count"], 1.0)
     loss = totals["nll_sum"] / count
     return {"accuracy": totals["correct"] / count, "loss": loss, "perplexity": math.exp(min(loss, 700.0)),
@@ -52,7 +62,8 @@ def mlm_evaluator(model, options, ctx) -> dict:
     """Held-out masked-token accuracy / perplexity at ``options.rate`` (default masking.eval_ratio)."""
     rate = float(options.get("rate", ctx.config.masking.get("eval_ratio", 0.15)))
     out = heldout_mlm(ctx.method, model, ctx.eval_source, rate=rate, batch_size=options.get("batch_size", 32),
-                      max_batches=options.get("batches", None), seed=options.get("seed", 0))
+                      max_batches=options.get("batches", None), seed=options.get("seed", 0), mesh=ctx.mesh,
+                      rules=ctx.rules)
     if jax.process_index() == 0:
         print(f"mlm eval @ {rate:.0%} masking: accuracy {out['accuracy']:.2%}, perplexity {out['perplexity']:.1f} "
               f"({int(out['predictions'])} predictions)", flush=True)

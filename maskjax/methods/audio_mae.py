@@ -15,8 +15,7 @@ import jax.numpy as jnp
 from maskjax.masking import mask_from_noise, num_kept, uniform_noise
 from maskjax.masking.audio import num_kept_lines, time_freq_mask
 from maskjax.methods import register
-from maskjax.methods.base import Method
-from maskjax.methods.mae import compute_dtype, encoder_features
+from maskjax.methods.mae import EncoderMethod, compute_dtype
 from maskjax.models.audio_mae import DECODER_MODES, POS_EMBEDS, AudioMAE
 from maskjax.models.layers import patchify
 from maskjax.models.swin_decoder import calc_window_shift
@@ -52,9 +51,10 @@ def _check_masking(config, grid: tuple[int, int] | None, errors: list[str]) -> N
 
 
 @register("audiomae")
-class AudioMAEMethod(Method):
+class AudioMAEMethod(EncoderMethod):
     """Masked Autoencoders that Listen (Huang et al., NeurIPS 2022)."""
 
+    default_pool = "pooled"  # the mean of the patch tokens: the fine-tuning feature
     modality = "audio"
 
     @staticmethod
@@ -121,6 +121,7 @@ class AudioMAEMethod(Method):
             swin_depth=m.get("swin_depth", 16),
             dtype=compute_dtype(c.get("compute_dtype", "float32")),
             remat=c.get("remat", False),
+            scan_layers=bool(m.get("scan_layers", False)),
             attention_impl=m.get("attention_impl", None),
             rngs=rngs,
         )
@@ -147,14 +148,6 @@ class AudioMAEMethod(Method):
             target = norm_pix_target(target)
         loss, _ = masked_mse(pred, target, mask.mask)
         return loss, {"loss": loss}
-
-    def features(self, model, inputs, pool=None):
-        """The encoder's mean-pooled patch tokens (``pool="pooled"``, the fine-tuning feature) or ``"cls"``."""
-        return encoder_features(model.encoder, inputs, pool, default="pooled")
-
-    def encoder(self, model):
-        """The encoder that fine-tuning evaluators train."""
-        return model.encoder
 
     def flops(self, global_batch):
         """Analytic count of one training step (:mod:`maskjax.models.flop_count`)."""

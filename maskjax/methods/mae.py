@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import jax.numpy as jnp
 
 from maskjax.masking import mask_from_noise, uniform_noise
@@ -71,8 +73,26 @@ def encoder_features(encoder, inputs, pool: str | None, default: str = "cls"):
     return aux[pool]
 
 
+class EncoderMethod(Method):
+    """A method whose model has an ``encoder`` returning ``(tokens, aux)`` with "cls"/"pooled" features.
+
+    ``features`` reads ``aux[pool]`` (``default_pool`` unless the evaluator asks otherwise) and
+    fine-tuning trains ``model.encoder``: the ViT-family methods (MAE, VideoMAE, MAE-ST, AudioMAE).
+    """
+
+    default_pool: ClassVar[str] = "cls"
+
+    def features(self, model, inputs, pool=None):
+        """``aux[pool]`` of the encoder on ``inputs`` (unmasked)."""
+        return encoder_features(model.encoder, inputs, pool, default=self.default_pool)
+
+    def encoder(self, model):
+        """The encoder (what fine-tuning trains)."""
+        return model.encoder
+
+
 @register("mae")
-class MAE(Method):
+class MAE(EncoderMethod):
     """Masked Autoencoders Are Scalable Vision Learners (He et al., CVPR 2022)."""
 
     modality = "image"
@@ -110,14 +130,6 @@ class MAE(Method):
         noise = uniform_noise(keys, images.shape[0], model.num_patches)
         loss, _, _, _ = mae_forward(model, images, noise, self.mask_ratio, self.norm_pix)
         return loss, {"loss": loss}
-
-    def features(self, model, inputs, pool=None):
-        """The encoder's cls token after its final norm (MAE's probe feature), or ``pool="pooled"``."""
-        return encoder_features(model.encoder, inputs, pool)
-
-    def encoder(self, model):
-        """The ViT encoder (what MAE fine-tunes)."""
-        return model.encoder
 
     def reconstruct(self, model, inputs, key, stats: str = "visible"):
         """Original | masked | reconstruction of ``inputs`` (normalised images) at the config's ratio.

@@ -9,18 +9,22 @@ over hidden tokens.
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
+
 from maskjax.masking import mask_from_noise, num_kept, uniform_noise
 from maskjax.methods import register
-from maskjax.methods.base import Method
-from maskjax.methods.mae import compute_dtype, encoder_features
-from maskjax.models.mae_st import MaeST, mae_st_target, t_pred_patch_size
-from maskjax.objectives.pixels import masked_mse
+from maskjax.methods.mae import EncoderMethod, compute_dtype
+from maskjax.models.mae_st import MaeST, t_pred_patch_size, target_frame_indices
+from maskjax.models.video_layers import patchify_video
+from maskjax.objectives.pixels import masked_mse, norm_pix_target
 
 
 @register("mae_st")
-class MaeSTMethod(Method):
+class MaeSTMethod(EncoderMethod):
     """Masked Autoencoders As Spatiotemporal Learners (Feichtenhofer et al., NeurIPS 2022)."""
 
+    default_pool = "pooled"  # the mean of the patch tokens: the fine-tuning feature
     modality = "video"
 
     @staticmethod
@@ -83,6 +87,7 @@ class MaeSTMethod(Method):
             trunc_init=m.get("trunc_init", False),
             dtype=compute_dtype(c.get("compute_dtype", "float32")),
             remat=c.get("remat", False),
+            scan_layers=bool(m.get("scan_layers", False)),
             attention_impl=m.get("attention_impl", None),
             rngs=rngs,
         )
@@ -97,16 +102,20 @@ class MaeSTMethod(Method):
         loss, _ = masked_mse(pred, target, mask.mask)
         return loss, {"loss": loss}
 
-    def features(self, model, inputs, pool=None):
-        """The encoder's mean-pooled patch tokens (``pool="pooled"``, the fine-tuning feature) or ``"cls"``."""
-        return encoder_features(model.encoder, inputs, pool, default="pooled")
-
-    def encoder(self, model):
-        """The encoder that fine-tuning evaluators train."""
-        return model.encoder
-
     def flops(self, global_batch):
         """Analytic count of one training step (:mod:`maskjax.models.flop_count`)."""
         from maskjax.models import flop_count
 
         return flop_count.mae_st_flops(self.config, global_batch)
+
+
+def mae_st_target(video: jax.Array, *, pred_t_dim: int, t_pred_patch: int, patch: int,
+                  norm_pix: bool = True) -> jax.Array:
+    """MAE-ST ``forward_loss`` target [B, L, t_pred_patch*p*p*3] from the model input video.
+
+    Subsamples ``pred_t_dim`` frames at :func:`target_frame_indices`, patchifies with
+    (t_pred_patch, p, p) in (u, p, p, c) order, then optional MAE norm-pix (unbiased var + 1e-6).
+    """
+    idx = target_frame_indices(video.shape[1], pred_t_dim)
+    target = patchify_video(video[:, idx].astype(jnp.float32), t_pred_patch, patch)
+    return norm_pix_target(target) if norm_pix else target

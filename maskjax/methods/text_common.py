@@ -90,7 +90,7 @@ def model_kwargs(config) -> dict:
     return dict(vocab_size=m.vocab_size, max_positions=m.max_positions, type_vocab_size=m.type_vocab_size,
                 dropout=m.dropout, attention_dropout=m.attention_dropout, hidden_act=m.hidden_act,
                 dtype=compute_dtype(config.get("compute_dtype", "float32")), remat=config.get("remat", False),
-                attention_impl=m.get("attention_impl", None))
+                attention_impl=m.get("attention_impl", None), scan_layers=bool(m.get("scan_layers", False)))
 
 
 def check_text_config(config, errors: list[str]) -> None:

@@ -14,8 +14,8 @@ from maskjax.masking import num_kept
 from maskjax.masking.video import (decoded_ids, num_decoded, running_cell_mask, spacetime_random_mask,
                                    tube_mask, tube_num_masked)
 from maskjax.methods import register
-from maskjax.methods.base import Method
-from maskjax.methods.mae import compute_dtype, encoder_features
+from maskjax.methods.mae import EncoderMethod, compute_dtype
+from maskjax.models.video_layers import patchify_video
 from maskjax.models.video_mae import VideoMAE
 from maskjax.objectives.video import token_mse, unnormalize_video, videomae_target, weighted_token_mse
 
@@ -35,7 +35,7 @@ def encoder_mask(kind: str, keys: jax.Array, batch: int, grid: tuple[int, int, i
 def video_targets(model: VideoMAE, video: jax.Array, norm_pix: bool) -> jax.Array:
     """Targets [B, L, t*p*p*C] of all tokens from the ImageNet-normalised ``video``."""
     raw = unnormalize_video(video.astype(jnp.float32))
-    return videomae_target(raw, model.tubelet, model.patch_size, normalize=norm_pix)
+    return videomae_target(patchify_video(raw, model.tubelet, model.patch_size), raw.shape[-1], normalize=norm_pix)
 
 
 def videomae_loss(model: VideoMAE, video: jax.Array, mask, norm_pix: bool):
@@ -108,10 +108,11 @@ def _check_video_config(config, errors: list[str], *, v2: bool) -> None:
 
 
 @register("videomae")
-class VideoMAEMethod(Method):
+class VideoMAEMethod(EncoderMethod):
     """VideoMAE: Masked Autoencoders are Data-Efficient Learners for Self-Supervised Video
     Pre-Training (Tong et al., NeurIPS 2022)."""
 
+    default_pool = "pooled"  # the mean of the patch tokens: the fine-tuning feature
     modality = "video"
     v2 = False
 
@@ -141,6 +142,7 @@ class VideoMAEMethod(Method):
             decoder_heads=m.decoder_heads,
             dtype=compute_dtype(c.get("compute_dtype", "float32")),
             remat=c.get("remat", False),
+            scan_layers=bool(m.get("scan_layers", False)),
             attention_impl=m.get("attention_impl", None),
             rngs=rngs,
         )
@@ -167,14 +169,6 @@ class VideoMAEMethod(Method):
         count = num_decoded(model.num_patches, self.decoder_ratio)
         loss, _, _, weights = videomae_v2_loss(model, video, mask, not_decoded, count, self.norm_pix)
         return loss, {"loss": loss, "loss_tokens_frac": jnp.mean(weights.astype(jnp.float32))}
-
-    def features(self, model, inputs, pool=None):
-        """The encoder's mean-pooled patch tokens (``pool="pooled"``, the fine-tuning feature) or ``"cls"``."""
-        return encoder_features(model.encoder, inputs, pool, default="pooled")
-
-    def encoder(self, model):
-        """The encoder that fine-tuning evaluators train."""
-        return model.encoder
 
     def flops(self, global_batch):
         """Analytic count of one training step (:mod:`maskjax.models.flop_count`)."""

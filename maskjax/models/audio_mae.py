@@ -20,14 +20,13 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from maskjax.masking import Mask, gather_tokens, unshuffle_with_mask_tokens
-from maskjax.models.layers import Block, Buffer, PatchEmbed, dense, layer_norm, sincos_2d
-from maskjax.models.swin_decoder import swin_decoder_blocks
-from maskjax.models.remat import block_keys, resolve_remat, run_blocks
+from maskjax.masking import Mask, unshuffle_with_mask_tokens
+from maskjax.models.backbone import DECODER_NAMES, Backbone, Encoder
+from maskjax.models.layers import Buffer, PatchEmbed, dense, sincos_2d
+from maskjax.models.swin_decoder import swin_block_factory
 from maskjax.models.vit import parse_variant
 
 POS_EMBEDS = ("official", "aligned")
@@ -48,7 +47,7 @@ def audio_pos_embed(dim: int, grid_t: int, grid_f: int, mode: str = "official") 
     return sincos_2d(dim, grid_t, grid_f, cls_token=True)
 
 
-class AudioEncoder(nnx.Module):
+class AudioEncoder(Encoder):
     """ViT encoder on [B, T, F, 1] filterbanks (MAE encoder with a rectangular token grid).
 
     ``__call__(spec, mask=None)`` returns ``(tokens, aux)``: tokens [B, 1+K, D] after the final
@@ -58,9 +57,11 @@ class AudioEncoder(nnx.Module):
     applies a fresh ``fc_norm`` to this mean.
     """
 
+    pooled_from = "blocks"
+
     def __init__(self, variant: str, *, target_length: int = 1024, num_mel_bins: int = 128,
                  pos_embed: str = "official", rngs: nnx.Rngs, dtype: Any = None, drop_path: float = 0.0,
-                 remat: bool = False, attention_impl: str | None = None):
+                 remat: bool | str = False, attention_impl: str | None = None, scan_layers: bool = False):
         size, patch = parse_variant(variant)
         for name, value in (("target_length", target_length), ("num_mel_bins", num_mel_bins)):
             if value % patch:
@@ -69,47 +70,48 @@ class AudioEncoder(nnx.Module):
         self.grid = (target_length // patch, num_mel_bins // patch)
         self.width = size.width
         self.depth = size.depth
-        self.remat = resolve_remat(remat)
         self.patch_embed = PatchEmbed(patch, 1, size.width, rngs=rngs, dtype=dtype)
         self.cls_token = nnx.Param(0.02 * jax.random.normal(rngs.params(), (1, 1, size.width)),
                                    logical_axes=(None, None, "embed"))
         self.pos_embed = Buffer(audio_pos_embed(size.width, *self.grid, mode=pos_embed)[None])
-        rates = [drop_path * i / max(size.depth - 1, 1) for i in range(size.depth)]
-        self.blocks = nnx.List([
-            Block(size.width, size.heads, size.mlp_ratio, rngs=rngs, dtype=dtype, drop_path=r,
-                  attention_impl=attention_impl)
-            for r in rates
-        ])
-        self.norm = layer_norm(size.width, rngs=rngs, dtype=dtype)
+        super().__init__(size.width, size.depth, size.heads, size.mlp_ratio, rngs=rngs, dtype=dtype,
+                         attention_impl=attention_impl, drop_path=drop_path, remat=remat,
+                         scan_layers=scan_layers)
 
     @property
     def num_patches(self) -> int:
         """Number of patch tokens L = (T/p) * (F/p)."""
         return self.grid[0] * self.grid[1]
 
-    def __call__(self, spec: jax.Array, mask: Mask | None = None, *,
-                 drop_key: jax.Array | None = None) -> tuple[jax.Array, dict]:
+    @property
+    def num_prefix_tokens(self) -> int:
+        """The cls token."""
+        return 1
+
+    def patch_tokens(self, spec: jax.Array) -> jax.Array:
+        """[B, T, F, 1] -> patch embeddings [B, L, D], time-major."""
         if spec.ndim != 4 or spec.shape[-1] != 1:
             raise ValueError(f"expected a spectrogram [B, T, F, 1], got shape {spec.shape}")
         expected = (self.grid[0] * self.patch_size, self.grid[1] * self.patch_size)
         if spec.shape[1:3] != expected:
             raise ValueError(f"spectrogram of {spec.shape[1]}x{spec.shape[2]} (time x mel), model built for "
                              f"{expected[0]}x{expected[1]} (target_length x num_mel_bins)")
-        x = self.patch_embed(spec)
-        pos = self.pos_embed[...].astype(x.dtype)
-        x = x + pos[:, 1:]  # positions before masking, as MAE
-        if mask is not None:
-            x = gather_tokens(x, mask.ids_keep)
-        cls = jnp.broadcast_to((self.cls_token[...] + pos[:, :1]).astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
-        x = jnp.concatenate([cls, x], axis=1)
-        x = run_blocks(self.blocks, x, self.remat, block_keys(drop_key, len(self.blocks)))
-        pooled = x[:, 1:].mean(axis=1)
-        x = self.norm(x)
-        return x, {"cls": x[:, 0], "tokens": x[:, 1:], "pooled": pooled}
+        return self.patch_embed(spec)
+
+    def patch_positions(self, dtype: Any) -> jax.Array:
+        """The sin-cos rows of the patch tokens (added before masking, as MAE)."""
+        return self.pos_embed[...].astype(dtype)[:, 1:]
+
+    def cls_embedding(self, dtype: Any) -> jax.Array:
+        """The cls token plus the (zero) cls row of the table."""
+        return (self.cls_token[...] + self.pos_embed[...].astype(dtype)[:, :1]).astype(dtype)
 
 
-class AudioMAE(nnx.Module):
+class AudioMAE(Backbone):
     """AudioMAE encoder-decoder. ``__call__(spec, mask, *, keys=None) -> (pred [B, L, p*p], aux)``.
+
+    The model is the :class:`~maskjax.models.backbone.Backbone` of its decoder (``decoder_blocks``,
+    ``decoder_norm``), whose blocks are swin blocks or MAE's pre-LN blocks.
 
     ``keys`` (per-example PRNG keys, training only) drive the dropout of the swin decoder's
     position-bias meta network, which the official model runs in training mode.
@@ -118,37 +120,34 @@ class AudioMAE(nnx.Module):
     ``decoder_heads`` heads; ``decoder_depth`` is ignored, as in the official code.
     ``"global"``: MAE's decoder of ``decoder_depth`` blocks. ``attention_impl`` selects the fused
     attention of the encoder and the global decoder (the swin blocks' cosine attention is einsums).
+    ``scan_layers`` scans the encoder and the global decoder; the swin blocks alternate shifted
+    and unshifted windows, so that decoder stays unrolled.
     """
 
     def __init__(self, variant: str, *, target_length: int = 1024, num_mel_bins: int = 128,
                  decoder_mode: str = "swin", decoder_width: int = 512, decoder_depth: int = 8,
                  decoder_heads: int = 16, window: tuple[int, int] = (4, 4), shift: tuple[int, int] = (2, 0),
                  pos_embed: str = "official", swin_depth: int = 16, mlp_ratio: float = 4.0,
-                 rngs: nnx.Rngs, dtype: Any = None, remat: bool = False, attention_impl: str | None = None):
+                 rngs: nnx.Rngs, dtype: Any = None, remat: bool | str = False,
+                 attention_impl: str | None = None, scan_layers: bool = False):
         if decoder_mode not in DECODER_MODES:
             raise ValueError(f"decoder_mode must be one of {DECODER_MODES}, got {decoder_mode!r}")
         self.encoder = AudioEncoder(variant, target_length=target_length, num_mel_bins=num_mel_bins,
                                     pos_embed=pos_embed, rngs=rngs, dtype=dtype, remat=remat,
-                                    attention_impl=attention_impl)
+                                    attention_impl=attention_impl, scan_layers=scan_layers)
         grid, patch = self.encoder.grid, self.encoder.patch_size
         self.decoder_mode = decoder_mode
-        self.remat = resolve_remat(remat)
         self.decoder_embed = dense(self.encoder.width, decoder_width, ("embed", "embed"), rngs=rngs, dtype=dtype)
         self.mask_token = nnx.Param(0.02 * jax.random.normal(rngs.params(), (1, 1, decoder_width)),
                                     logical_axes=(None, None, "embed"))
         self.decoder_pos_embed = Buffer(audio_pos_embed(decoder_width, *grid, mode=pos_embed)[None])
-        if decoder_mode == "swin":
-            # Official: 16 blocks and 16 heads hard-coded, independent of decoder_depth.
-            self.decoder_blocks = swin_decoder_blocks(decoder_width, decoder_heads, grid, depth=swin_depth,
-                                                      window=window, shift=shift, mlp_ratio=mlp_ratio,
-                                                      rngs=rngs, dtype=dtype)
-        else:
-            self.decoder_blocks = nnx.List([
-                Block(decoder_width, decoder_heads, mlp_ratio, rngs=rngs, dtype=dtype,
-                      attention_impl=attention_impl)
-                for _ in range(decoder_depth)
-            ])
-        self.decoder_norm = layer_norm(decoder_width, rngs=rngs, dtype=dtype)
+        swin = decoder_mode == "swin"
+        # Official swin decoder: 16 blocks and 16 heads hard-coded, independent of decoder_depth.
+        make_block = (swin_block_factory(decoder_width, decoder_heads, grid, window=window, shift=shift,
+                                         mlp_ratio=mlp_ratio, dtype=dtype) if swin else None)
+        super().__init__(decoder_width, swin_depth if swin else decoder_depth, decoder_heads, mlp_ratio, rngs=rngs,
+                         dtype=dtype, attention_impl=attention_impl, remat=remat,
+                         scan_layers=scan_layers and not swin, names=DECODER_NAMES, make_block=make_block)
         self.decoder_pred = dense(decoder_width, patch * patch, ("embed", "patch"), rngs=rngs, dtype=dtype)
 
     @property
@@ -170,10 +169,10 @@ class AudioMAE(nnx.Module):
             # Independent dropout per block, still one stream per example.
             per_block = None if keys is None else [
                 jax.vmap(lambda kk, i=i: jax.random.fold_in(kk, i))(keys) for i in range(len(self.decoder_blocks))]
-            x = run_blocks(self.decoder_blocks, x, self.remat, per_block)
+            x = self.run_stack(x, keys=per_block)
         else:
-            x = run_blocks(self.decoder_blocks, x, self.remat)
-        x = self.decoder_pred(self.decoder_norm(x))
+            x = self.run_stack(x)
+        x = self.decoder_pred(x)
         return x if self.decoder_mode == "swin" else x[:, 1:]
 
     def __call__(self, spec: jax.Array, mask: Mask, *, keys: jax.Array | None = None) -> tuple[jax.Array, dict]:

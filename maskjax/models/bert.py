@@ -34,8 +34,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from maskjax.models.attention import prescaled_attention, scale_queries
+from maskjax.models.backbone import Backbone
 from maskjax.models.layers import dense, dense_gelu, gelu_erf, layer_norm
-from maskjax.models.remat import maybe_remat_core, remat_block, resolve_remat
+from maskjax.models.remat import maybe_remat_core
 
 BERT_LN_EPS = 1e-12
 INIT_STD = 0.02
@@ -294,32 +295,34 @@ class BertLayer(nnx.Module):
         return self.output_norm(x + dropout(y, keep_f, cfg.dropout))
 
 
-class TransformerStack(nnx.Module):
+class TransformerStack(Backbone):
     """Embedding output [B, L, E] -> (ELECTRA's ``embeddings_project`` E->H if E != H) -> post-LN layers.
 
     The projection belongs to the stack, not to the embeddings, because ELECTRA's generator and
     discriminator share the embeddings but each projects them with its own Dense. An optional
-    pooler (tanh Dense on the first token) gives ``aux["pooled"]``.
+    pooler (tanh Dense on the first token) gives ``aux["pooled"]``. The layers are a
+    :class:`~maskjax.models.backbone.Backbone` of :class:`BertLayer` blocks named ``layers``
+    (Hugging Face's layout) without a final norm (post-LN blocks end in their own norm).
     """
 
     def __init__(self, cfg: TextConfig, *, pooler: bool = False, rngs: nnx.Rngs, dtype: Any = None,
-                 remat: bool = False, attention_impl: str | None = None):
+                 remat: bool | str = False, attention_impl: str | None = None, scan_layers: bool = False):
         self.cfg = cfg
-        self.remat = resolve_remat(remat)  # a policy name of maskjax.models.remat
         self.embeddings_project = (tdense(cfg.embedding_size, cfg.hidden, ("embed", "embed"), rngs=rngs, dtype=dtype)
                                    if cfg.embedding_size != cfg.hidden else None)
-        self.layers = nnx.List([BertLayer(cfg, rngs=rngs, dtype=dtype, attention_impl=attention_impl)
-                                for _ in range(cfg.layers)])
+        super().__init__(cfg.hidden, cfg.layers, cfg.heads, rngs=rngs, dtype=dtype, attention_impl=attention_impl,
+                         remat=remat, scan_layers=scan_layers, final_norm=False, names=("layers", None),
+                         make_block=lambda r, i, rate: BertLayer(cfg, rngs=r, dtype=dtype,
+                                                                 attention_impl=attention_impl))
         self.pooler = tdense(cfg.hidden, cfg.hidden, ("embed", "embed"), rngs=rngs, dtype=dtype) if pooler else None
 
     def __call__(self, emb: jax.Array, input_mask: jax.Array,
                  dropout_keys: jax.Array | None = None) -> tuple[jax.Array, dict]:
         x = self.embeddings_project(emb) if self.embeddings_project is not None else emb
-        layer_keys = split_keys(dropout_keys, len(self.layers))
-        call = remat_block(self.remat, lambda blk, y, m, k: blk(y, m, k))
-        for i, layer in enumerate(self.layers):
-            keys = None if layer_keys is None else layer_keys[:, i]
-            x = call(layer, x, input_mask, keys)
+        # Per-example dropout: each example's key split per layer, layer i gets column i ([B] keys).
+        layer_keys = split_keys(dropout_keys, self.cfg.layers)
+        keys = None if layer_keys is None else [layer_keys[:, i] for i in range(self.cfg.layers)]
+        x = self.run_blocks(x, args=(input_mask,), keys=keys)
         aux = {}
         if self.pooler is not None:
             aux["pooled"] = jnp.tanh(self.pooler(x[:, 0]))
@@ -348,11 +351,12 @@ class BertEncoder(nnx.Module):
     """
 
     def __init__(self, size: str | TextConfig | Mapping = "Base", *, rngs: nnx.Rngs, pooler: bool = False,
-                 dtype: Any = None, remat: bool = False, attention_impl: str | None = None, **config: Any):
+                 dtype: Any = None, remat: bool | str = False, attention_impl: str | None = None,
+                 scan_layers: bool = False, **config: Any):
         self.cfg = text_config(size, **config)
         self.embeddings = TextEmbeddings(self.cfg, rngs=rngs, dtype=dtype)
         self.transformer = TransformerStack(self.cfg, pooler=pooler, rngs=rngs, dtype=dtype, remat=remat,
-                                            attention_impl=attention_impl)
+                                            attention_impl=attention_impl, scan_layers=scan_layers)
 
     @property
     def word_embeddings(self) -> nnx.Param:
@@ -442,12 +446,13 @@ class BertPretrainer(nnx.Module):
     def __init__(self, size: str | TextConfig | Mapping = "Base", *, rngs: nnx.Rngs, nsp: bool = False,
                  pooler: bool | None = None, sbo: bool = False, max_pair_targets: int = 15,
                  sbo_position_dim: int = 200, head_act: str | None = None, dtype: Any = None,
-                 remat: bool = False, attention_impl: str | None = None, **config: Any):
+                 remat: bool | str = False, attention_impl: str | None = None, scan_layers: bool = False,
+                 **config: Any):
         pooler = nsp if pooler is None else pooler
         if nsp and not pooler:
             raise ValueError("the NSP head classifies the pooled [CLS] vector: nsp=True needs pooler=True")
         self.encoder = BertEncoder(size, rngs=rngs, pooler=pooler, dtype=dtype, remat=remat,
-                                   attention_impl=attention_impl, **config)
+                                   attention_impl=attention_impl, scan_layers=scan_layers, **config)
         cfg = self.cfg = self.encoder.cfg
         self.nsp, self.sbo, self.head_act = nsp, sbo, head_act or cfg.hidden_act
         self.mlm_head = MlmHead(cfg.hidden, cfg, self.head_act, rngs=rngs, dtype=dtype)

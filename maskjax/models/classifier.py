@@ -81,14 +81,10 @@ class ViTClassifier(nnx.Module):
     def features(self, images: jax.Array, *, drop_key: jax.Array | None = None) -> jax.Array:
         """Pooled features [B, D] that feed the head."""
         enc = self.encoder
-        x = enc.patch_embed(images)
-        pos = enc.pos_embed[...].astype(x.dtype)
-        x = x + pos[:, 1:]
-        cls = jnp.broadcast_to((enc.cls_token[...] + pos[:, :1]).astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
-        x = enc.run_blocks(jnp.concatenate([cls, x], axis=1), drop_key)
+        x = enc.run_blocks(enc.embed(images), drop_key)
         if self.pool == "gap":
             return self.fc_norm(x[:, 1:].mean(axis=1))
-        return enc.norm(x)[:, 0]
+        return enc.final_norm(x)[:, 0]
 
     def __call__(self, images: jax.Array, *, drop_key: jax.Array | None = None) -> tuple[jax.Array, dict]:
         feats = self.features(images, drop_key=drop_key)

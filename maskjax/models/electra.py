@@ -72,7 +72,8 @@ class Electra(nnx.Module):
     def __init__(self, size: str | TextConfig | Mapping = "electra-small", *, rngs: nnx.Rngs,
                  generator_fraction: float = 0.25, generator_layers: float = 1.0,
                  generator: TextConfig | Mapping | None = None, generator_head_act: str | None = None,
-                 dtype: Any = None, remat: bool = False, attention_impl: str | None = None, **config: Any):
+                 dtype: Any = None, remat: bool | str = False, attention_impl: str | None = None,
+                 scan_layers: bool = False, **config: Any):
         cfg = self.cfg = text_config(size, **config)
         if generator is None:
             gen = get_generator_config(cfg, generator_fraction, generator_layers)
@@ -82,7 +83,7 @@ class Electra(nnx.Module):
         self.check_shared(gen, cfg)
         self.generator_cfg = gen
         self.generator_head_act = generator_head_act or gen.hidden_act
-        kw = dict(rngs=rngs, dtype=dtype, remat=remat, attention_impl=attention_impl)
+        kw = dict(rngs=rngs, dtype=dtype, remat=remat, attention_impl=attention_impl, scan_layers=scan_layers)
         self.embeddings = TextEmbeddings(cfg, rngs=rngs, dtype=dtype)
         self.generator = TransformerStack(gen, **kw)
         self.generator_head = MlmHead(gen.hidden, gen, self.generator_head_act, rngs=rngs, dtype=dtype)
@@ -143,9 +144,10 @@ class ElectraDiscriminator(nnx.Module):
     """
 
     def __init__(self, size: str | TextConfig | Mapping = "electra-small", *, rngs: nnx.Rngs, dtype: Any = None,
-                 remat: bool = False, attention_impl: str | None = None, **config: Any):
+                 remat: bool | str = False, attention_impl: str | None = None, scan_layers: bool = False,
+                 **config: Any):
         self.encoder = BertEncoder(size, rngs=rngs, dtype=dtype, remat=remat, attention_impl=attention_impl,
-                                   **config)
+                                   scan_layers=scan_layers, **config)
         self.cfg = self.encoder.cfg
         self.discriminator_head = DiscriminatorHead(self.cfg, rngs=rngs, dtype=dtype)
 

@@ -3,7 +3,7 @@
 Initialisation and numerics follow facebookresearch/mae (specs/methods_vision.md sections 0.1 and
 0.4): xavier-uniform linear weights with zero bias, LayerNorm eps 1e-6, pre-LN blocks with one
 biased qkv projection, exact (erf) GELU as ``torch.nn.GELU``. Every parameter carries logical axis
-names in its ``logical_axes`` metadata; ``maskjax.train.sharding`` maps them onto the mesh.
+names in its ``logical_axes`` metadata; ``maskjax.core.sharding`` maps them onto the mesh.
 """
 
 from __future__ import annotations

@@ -8,17 +8,18 @@ import jax
 from flax import nnx
 
 from maskjax.masking import Mask, unshuffle_with_mask_tokens
-from maskjax.models.layers import Block, Buffer, dense, layer_norm, sincos_2d
-from maskjax.models.remat import resolve_remat
-from maskjax.models.scan import apply_blocks, stacked_blocks
+from maskjax.models.backbone import DECODER_NAMES, Backbone
+from maskjax.models.layers import Buffer, dense, sincos_2d
 from maskjax.models.vit import ViT
 
 
-class MaskedAutoencoder(nnx.Module):
+class MaskedAutoencoder(Backbone):
     """ViT encoder on the visible tokens plus a light transformer decoder on all tokens.
 
     ``__call__(images, mask)`` returns ``(pred, aux)``: pred [B, L, p*p*C] is the pixel prediction
-    for every patch (the loss uses only hidden ones); aux holds the encoder output.
+    for every patch (the loss uses only hidden ones); aux holds the encoder output. The model is
+    the :class:`~maskjax.models.backbone.Backbone` of its decoder (``decoder_blocks``,
+    ``decoder_norm`` at the top level, as the official model) and holds the encoder as a child.
     """
 
     def __init__(self, variant: str, *, image_size: int, in_chans: int = 3, rngs: nnx.Rngs,
@@ -29,19 +30,13 @@ class MaskedAutoencoder(nnx.Module):
                            remat=remat, attention_impl=attention_impl, scan_layers=scan_layers)
         grid, patch = self.encoder.grid, self.encoder.patch_size
         self.in_chans = in_chans
-        self.remat = resolve_remat(remat)
-        self.scan_layers = scan_layers
         self.decoder_embed = dense(self.encoder.width, decoder_width, ("embed", "embed"), rngs=rngs, dtype=dtype)
         self.mask_token = nnx.Param(0.02 * jax.random.normal(rngs.params(), (1, 1, decoder_width)),
                                     logical_axes=(None, None, "embed"))
         self.decoder_pos_embed = Buffer(sincos_2d(decoder_width, grid, grid, cls_token=True)[None])
-        make_block = lambda r: Block(decoder_width, decoder_heads, mlp_ratio, rngs=r, dtype=dtype,
-                                     attention_impl=attention_impl)
-        if scan_layers:
-            self.decoder_blocks = stacked_blocks(make_block, decoder_depth, rngs)
-        else:
-            self.decoder_blocks = nnx.List([make_block(rngs) for _ in range(decoder_depth)])
-        self.decoder_norm = layer_norm(decoder_width, rngs=rngs, dtype=dtype)
+        super().__init__(decoder_width, decoder_depth, decoder_heads, mlp_ratio, rngs=rngs, dtype=dtype,
+                         attention_impl=attention_impl, remat=remat, scan_layers=scan_layers,
+                         names=DECODER_NAMES)
         self.decoder_pred = dense(decoder_width, patch * patch * in_chans, ("embed", "patch"), rngs=rngs, dtype=dtype)
 
     @property
@@ -58,8 +53,7 @@ class MaskedAutoencoder(nnx.Module):
         """Decoder: embed, append mask tokens, unshuffle, add positions, blocks, predict pixels."""
         x = unshuffle_with_mask_tokens(self.decoder_embed(latent), self.mask_token[...], mask.ids_restore)
         x = x + self.decoder_pos_embed[...].astype(x.dtype)
-        x = apply_blocks(self.decoder_blocks, x, self.remat)
-        x = self.decoder_pred(self.decoder_norm(x))
+        x = self.decoder_pred(self.run_stack(x))
         return x[:, 1:]
 
     def __call__(self, images: jax.Array, mask: Mask) -> tuple[jax.Array, dict]:

@@ -33,12 +33,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from maskjax.masking import Mask, gather_tokens, unshuffle_with_mask_tokens
-from maskjax.models.layers import Block, dense, layer_norm
-from maskjax.models.video_layers import TubeletEmbed, patchify_video
-from maskjax.models.remat import block_keys, resolve_remat, run_blocks
+from maskjax.masking import Mask, unshuffle_with_mask_tokens
+from maskjax.models.backbone import DECODER_NAMES, Backbone, Encoder
+from maskjax.models.layers import dense
+from maskjax.models.video_layers import TubeletEmbed
 from maskjax.models.vit import parse_variant
-from maskjax.objectives.pixels import norm_pix_target
 
 
 def _trunc_normal(key: jax.Array, shape, std: float, bound: float) -> jax.Array:
@@ -86,17 +85,17 @@ def _init_linears(module: nnx.Module, key: jax.Array, trunc_init: bool) -> None:
         if not isinstance(node, nnx.Linear) or "patch_embed" in path:
             continue
         key, sub = jax.random.split(key)
-        din, dout = node.kernel.shape
+        shape = node.kernel.shape  # [in, out], or [layers, in, out] in a scanned stack
         if trunc_init:
-            node.kernel[...] = _trunc_normal(sub, (din, dout), 0.02, 2.0)
+            node.kernel[...] = _trunc_normal(sub, shape, 0.02, 2.0)
         elif path and path[-1] == "qkv":
-            # Official q, k, v are three Linear(D, D), each xavier-uniform on its own fan.
+            # Official q, k, v are three Linear(D, D), each xavier-uniform on its own fan (per layer).
             parts = jax.random.split(sub, 3)
-            init = nnx.initializers.xavier_uniform()
-            node.kernel[...] = jnp.concatenate([init(k, (din, dout // 3)) for k in parts], axis=1)
+            init = nnx.initializers.xavier_uniform(batch_axis=tuple(range(len(shape) - 2)))
+            node.kernel[...] = jnp.concatenate([init(k, shape[:-1] + (shape[-1] // 3,)) for k in parts], axis=-1)
 
 
-class VideoEncoder(nnx.Module):
+class MaeSTEncoder(Encoder):
     """MAE-ST ViT encoder: tubelet embed, masking, gathered positions, cls, blocks, final norm.
 
     ``__call__(video, mask=None)`` -> ``(tokens [B, (1+)K, D], aux)``; aux ``cls`` (when
@@ -104,10 +103,12 @@ class VideoEncoder(nnx.Module):
     tokens before the norm, the mae_st fine-tuning ``x[:, 1:].mean(1)`` that precedes its norm).
     """
 
+    pooled_from = "blocks"
+
     def __init__(self, variant: str, *, num_frames: int = 16, image_size: int = 224, t_patch: int = 2,
                  sep_pos_embed: bool = True, cls_embed: bool = True, rngs: nnx.Rngs, dtype: Any = None,
-                 drop_path: float = 0.0, remat: bool = False, attention_impl: str | None = None,
-                 trunc_init: bool = False):
+                 drop_path: float = 0.0, remat: bool | str = False, attention_impl: str | None = None,
+                 trunc_init: bool = False, scan_layers: bool = False):
         size, patch = parse_variant(variant)
         if image_size % patch:
             raise ValueError(f"image_size {image_size} is not divisible by the patch size {patch} of {variant!r}")
@@ -119,7 +120,6 @@ class VideoEncoder(nnx.Module):
         self.width = size.width
         self.depth = size.depth
         self.cls_embed = cls_embed
-        self.remat = resolve_remat(remat)
         self.patch_embed = TubeletEmbed(t_patch, patch, 3, size.width, rngs=rngs, dtype=dtype, init="xavier")
         if trunc_init:
             kernel = self.patch_embed.proj.kernel
@@ -128,13 +128,9 @@ class VideoEncoder(nnx.Module):
             self.cls_token = nnx.Param(_trunc_normal(rngs.params(), (1, 1, size.width), 0.02, 2.0),
                                        logical_axes=(None, None, "embed"))
         self.pos_embed = PosEmbed(self.grid, size.width, separable=sep_pos_embed, with_cls=cls_embed, rngs=rngs)
-        rates = [drop_path * i / max(size.depth - 1, 1) for i in range(size.depth)]
-        self.blocks = nnx.List([
-            Block(size.width, size.heads, size.mlp_ratio, rngs=rngs, dtype=dtype, drop_path=r,
-                  attention_impl=attention_impl)
-            for r in rates
-        ])
-        self.norm = layer_norm(size.width, rngs=rngs, dtype=dtype)
+        super().__init__(size.width, size.depth, size.heads, size.mlp_ratio, rngs=rngs, dtype=dtype,
+                         attention_impl=attention_impl, drop_path=drop_path, remat=remat,
+                         scan_layers=scan_layers)
         _init_linears(self.blocks, rngs.params(), trunc_init)
 
     @property
@@ -142,49 +138,54 @@ class VideoEncoder(nnx.Module):
         """Number of spacetime tokens L = T' * H' * W'."""
         return int(np.prod(self.grid))
 
-    def __call__(self, video: jax.Array, mask: Mask | None = None, *,
-                 drop_key: jax.Array | None = None) -> tuple[jax.Array, dict]:
+    @property
+    def num_prefix_tokens(self) -> int:
+        """1 with ``cls_embed``, else 0."""
+        return int(self.cls_embed)
+
+    def patch_tokens(self, video: jax.Array) -> jax.Array:
+        """[B, T, H, W, 3] -> tubelet embeddings [B, L, D] ordered (t, h, w)."""
         gt, gh, gw = self.grid
         expected = (gt * self.t_patch, gh * self.patch_size, gw * self.patch_size, 3)
         if video.ndim != 5 or video.shape[1:] != expected:
             raise ValueError(f"expected a video [B, {', '.join(map(str, expected))}] (num_frames, image_size, "
                              f"image_size, 3), got shape {video.shape}")
-        x = self.patch_embed(video)
-        pos = self.pos_embed.patch_table().astype(x.dtype)
-        pos = jnp.broadcast_to(pos, (x.shape[0],) + pos.shape[1:])
-        if mask is not None:
-            # Positions are added after masking, gathered at the kept indices (official order).
-            x = gather_tokens(x, mask.ids_keep)
-            pos = gather_tokens(pos, mask.ids_keep)
-        x = x + pos
-        if self.cls_embed:
-            cls = (self.cls_token[...] + self.pos_embed.cls_table()).astype(x.dtype)
-            x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, x.shape[-1])), x], axis=1)
-        x = run_blocks(self.blocks, x, self.remat, block_keys(drop_key, len(self.blocks)))
-        start = int(self.cls_embed)
-        pooled = x[:, start:].mean(axis=1)
-        x = self.norm(x)
-        aux = {"tokens": x[:, start:], "pooled": pooled}
-        if self.cls_embed:
-            aux["cls"] = x[:, 0]
-        return x, aux
+        return self.patch_embed(video)
+
+    def patch_positions(self, dtype: Any) -> jax.Array:
+        """The learned (separable or joint) table of the patch tokens.
+
+        The official code gathers it at the kept indices after masking; adding it first and
+        gathering the sum (:meth:`Encoder.embed`) gives the same values.
+        """
+        return self.pos_embed.patch_table().astype(dtype)
+
+    def cls_embedding(self, dtype: Any) -> jax.Array | None:
+        """The cls token plus its own position embedding, or None without ``cls_embed``."""
+        if not self.cls_embed:
+            return None
+        return (self.cls_token[...] + self.pos_embed.cls_table()).astype(dtype)
 
 
-class MaeST(nnx.Module):
-    """MAE-ST encoder-decoder. ``__call__(video, mask) -> (pred [B, L, t_pred_patch*p*p*3], aux)``."""
+class MaeST(Backbone):
+    """MAE-ST encoder-decoder. ``__call__(video, mask) -> (pred [B, L, t_pred_patch*p*p*3], aux)``.
+
+    The model is the :class:`~maskjax.models.backbone.Backbone` of its decoder (``decoder_blocks``,
+    ``decoder_norm`` at the top level, as the official model).
+    """
 
     def __init__(self, variant: str, *, num_frames: int = 16, image_size: int = 224, t_patch: int = 2,
                  pred_t_dim: int = 8, sep_pos_embed: bool = True, cls_embed: bool = True,
                  decoder_width: int = 512, decoder_depth: int = 4, decoder_heads: int = 16,
-                 mlp_ratio: float = 4.0, rngs: nnx.Rngs, dtype: Any = None, remat: bool = False,
-                 attention_impl: str | None = None, trunc_init: bool = False):
+                 mlp_ratio: float = 4.0, rngs: nnx.Rngs, dtype: Any = None, remat: bool | str = False,
+                 attention_impl: str | None = None, trunc_init: bool = False, scan_layers: bool = False):
         self.t_pred_patch = t_pred_patch_size(num_frames, t_patch, pred_t_dim)
-        self.encoder = VideoEncoder(variant, num_frames=num_frames, image_size=image_size, t_patch=t_patch,
+        self.encoder = MaeSTEncoder(variant, num_frames=num_frames, image_size=image_size, t_patch=t_patch,
                                     sep_pos_embed=sep_pos_embed, cls_embed=cls_embed, rngs=rngs, dtype=dtype,
-                                    remat=remat, attention_impl=attention_impl, trunc_init=trunc_init)
+                                    remat=remat, attention_impl=attention_impl, trunc_init=trunc_init,
+                                    scan_layers=scan_layers)
         self.pred_t_dim = pred_t_dim
         self.cls_embed = cls_embed
-        self.remat = resolve_remat(remat)
         patch = self.encoder.patch_size
         self.decoder_embed = dense(self.encoder.width, decoder_width, ("embed", "embed"), rngs=rngs, dtype=dtype)
         if cls_embed:
@@ -195,11 +196,9 @@ class MaeST(nnx.Module):
         self.mask_token = nnx.Param(mask_init, logical_axes=(None, None, "embed"))
         self.decoder_pos_embed = PosEmbed(self.encoder.grid, decoder_width, separable=sep_pos_embed,
                                           with_cls=cls_embed, rngs=rngs)
-        self.decoder_blocks = nnx.List([
-            Block(decoder_width, decoder_heads, mlp_ratio, rngs=rngs, dtype=dtype, attention_impl=attention_impl)
-            for _ in range(decoder_depth)
-        ])
-        self.decoder_norm = layer_norm(decoder_width, rngs=rngs, dtype=dtype)
+        super().__init__(decoder_width, decoder_depth, decoder_heads, mlp_ratio, rngs=rngs, dtype=dtype,
+                         attention_impl=attention_impl, remat=remat, scan_layers=scan_layers,
+                         names=DECODER_NAMES)
         self.decoder_pred = dense(decoder_width, self.t_pred_patch * patch * patch * 3, ("embed", "patch"),
                                   rngs=rngs, dtype=dtype)
         key = rngs.params()
@@ -229,8 +228,7 @@ class MaeST(nnx.Module):
             x = jnp.concatenate([cls, x], axis=1)
             pos = jnp.concatenate([self.decoder_pos_embed.cls_table(), pos], axis=1)
         x = x + pos.astype(x.dtype)
-        x = run_blocks(self.decoder_blocks, x, self.remat)
-        x = self.decoder_pred(self.decoder_norm(x))
+        x = self.decoder_pred(self.run_stack(x))
         return x[:, int(self.cls_embed):]
 
     def __call__(self, video: jax.Array, mask: Mask) -> tuple[jax.Array, dict]:
@@ -270,15 +268,3 @@ def torch_linspace_long(start: float, end: float, steps: int) -> np.ndarray:
 def target_frame_indices(num_frames: int, pred_t_dim: int) -> np.ndarray:
     """Frames of the prediction target: ``torch.linspace(0, T - 1, pred_t_dim).long()``."""
     return torch_linspace_long(0, num_frames - 1, pred_t_dim)
-
-
-def mae_st_target(video: jax.Array, *, pred_t_dim: int, t_pred_patch: int, patch: int,
-                  norm_pix: bool = True) -> jax.Array:
-    """MAE-ST ``forward_loss`` target [B, L, t_pred_patch*p*p*3] from the model input video.
-
-    Subsamples ``pred_t_dim`` frames at :func:`target_frame_indices`, patchifies with
-    (t_pred_patch, p, p) in (u, p, p, c) order, then optional MAE norm-pix (unbiased var + 1e-6).
-    """
-    idx = target_frame_indices(video.shape[1], pred_t_dim)
-    target = patchify_video(video[:, idx].astype(jnp.float32), t_pred_patch, patch)
-    return norm_pix_target(target) if norm_pix else target

@@ -79,20 +79,3 @@ def remat_block(policy: str, fn: Callable) -> Callable:
 def block_keys(key: jax.Array | None, num_blocks: int) -> list:
     """One drop-path/dropout key per block split from ``key``, or ``None`` for each block."""
     return [None] * num_blocks if key is None else list(jax.random.split(key, num_blocks))
-
-
-def run_blocks(blocks, x: jax.Array, policy: Any, keys: list | None = None) -> jax.Array:
-    """Applies ``blocks`` in order under the remat ``policy``; block i gets ``keys[i]`` when given.
-
-    The one block loop of every model (ViT, MAE/MAE-ST/AudioMAE/VideoMAE encoders and decoders),
-    so each of them takes every policy of :data:`REMAT_POLICIES`.
-    """
-    if keys is None:
-        call = remat_block(policy, lambda blk, y: blk(y))
-        for block in blocks:
-            x = call(block, x)
-        return x
-    call = remat_block(policy, lambda blk, y, k: blk(y, k))
-    for block, k in zip(blocks, keys):
-        x = call(block, x, k)
-    return x

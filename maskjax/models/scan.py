@@ -16,10 +16,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from maskjax.models.remat import remat_block, run_blocks
+from maskjax.models.remat import remat_block
 
 LAYERS_AXIS = "layers"
-BLOCK_LISTS = ("blocks", "decoder_blocks")  # the attribute names that hold a model's block stacks
+BLOCK_LISTS = ("blocks", "decoder_blocks", "layers")  # the attribute names that hold block stacks (backbone.py)
 
 
 def stacked_blocks(make_block: Callable[[nnx.Rngs], nnx.Module], depth: int, rngs: nnx.Rngs) -> nnx.Module:
@@ -46,21 +46,13 @@ def scan_blocks(blocks: nnx.Module, x: jax.Array, remat: str = "none", keys: jax
 
     ``args`` are passed unchanged to every block; ``keys`` (one per layer, or None) is scanned
     over; ``remat`` is a policy name of :mod:`maskjax.models.remat` applied to the block body.
+    Models reach it through :func:`maskjax.models.backbone.apply_blocks`.
     """
     if keys is None:
         body = remat_block(remat, lambda blk, y: blk(y, *args))
         return nnx.scan(body, in_axes=(0, nnx.Carry), out_axes=nnx.Carry)(blocks, x)
     body = remat_block(remat, lambda blk, y, k: blk(y, *args, k))
     return nnx.scan(body, in_axes=(0, nnx.Carry, 0), out_axes=nnx.Carry)(blocks, x, keys)
-
-
-def apply_blocks(blocks: nnx.Module, x: jax.Array, remat: str = "none", keys: list | None = None) -> jax.Array:
-    """Blocks built by :func:`stacked_blocks` through :func:`scan_blocks`, a list of blocks through
-    :func:`maskjax.models.remat.run_blocks`; ``keys``: one per block, or None."""
-    if isinstance(blocks, nnx.List):
-        return run_blocks(blocks, x, remat, keys)
-    keys = None if keys is None or any(k is None for k in keys) else jnp.stack(keys)
-    return scan_blocks(blocks, x, remat, keys)
 
 
 def _is_layer_list(node: Any) -> bool:

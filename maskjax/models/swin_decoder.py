@@ -204,12 +204,12 @@ class SwinBlock(nnx.Module):
         return x + self.norm2(self.mlp(x))
 
 
-def swin_decoder_blocks(dim: int, num_heads: int, feat_size: Sequence[int], *, depth: int = 16,
-                        window: Sequence[int] = (4, 4), shift: Sequence[int] = (2, 0),
-                        mlp_ratio: float = 4.0, rngs: nnx.Rngs, dtype: Any = None) -> nnx.List:
-    """AudioMAE's decoder stack: ``depth`` blocks, no shift on even blocks, ``shift`` on odd ones."""
-    return nnx.List([
-        SwinBlock(dim, num_heads, feat_size, window, (0, 0) if i % 2 == 0 else tuple(shift), mlp_ratio,
-                  rngs=rngs, dtype=dtype)
-        for i in range(depth)
-    ])
+def swin_block_factory(dim: int, num_heads: int, feat_size: Sequence[int], *, window: Sequence[int] = (4, 4),
+                       shift: Sequence[int] = (2, 0), mlp_ratio: float = 4.0, dtype: Any = None):
+    """AudioMAE's decoder blocks for :class:`~maskjax.models.backbone.Backbone`'s ``make_block``:
+    no shift on even blocks, ``shift`` on odd ones (so the blocks differ and cannot be scanned)."""
+    def make(rngs: nnx.Rngs, index: int, drop_path: float) -> SwinBlock:
+        del drop_path  # the official swin decoder has no stochastic depth
+        return SwinBlock(dim, num_heads, feat_size, window, (0, 0) if index % 2 == 0 else tuple(shift), mlp_ratio,
+                         rngs=rngs, dtype=dtype)
+    return make

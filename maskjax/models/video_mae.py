@@ -22,11 +22,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from maskjax.masking import Mask, gather_tokens
+from maskjax.masking import Mask
 from maskjax.masking.video import hidden_ids
-from maskjax.models.layers import Block, Buffer, _init_with_axes, dense, layer_norm
+from maskjax.models.backbone import DECODER_NAMES, Backbone, Encoder
+from maskjax.models.layers import Buffer, _init_with_axes, dense
 from maskjax.models.video_layers import TubeletEmbed, sinusoid_table
-from maskjax.models.remat import block_keys, resolve_remat, run_blocks
 from maskjax.models.vit import parse_variant
 
 # Decoder (width, heads) of each size (spec section 5 table; V2 uses 512 for H and g).
@@ -40,7 +40,7 @@ def _torch_linear_init(fan_in: int):
     return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
-class VideoEncoder(nnx.Module):
+class VideoMAEEncoder(Encoder):
     """VideoMAE encoder: tubelet embedding + fixed sinusoid positions + q/v-bias blocks + LN.
 
     ``__call__(video, mask=None)`` returns ``(tokens, aux)``: tokens [B, K, D] after the final
@@ -48,9 +48,11 @@ class VideoEncoder(nnx.Module):
     ``aux = {"tokens": tokens, "pooled": mean over tokens}`` (VideoMAE fine-tunes from the mean).
     """
 
+    pooled_from = "norm"
+
     def __init__(self, variant: str, *, num_frames: int, image_size: int, tubelet: int = 2,
                  in_chans: int = 3, rngs: nnx.Rngs, dtype: Any = None, drop_path: float = 0.0,
-                 remat: bool = False, attention_impl: str | None = None):
+                 remat: bool | str = False, attention_impl: str | None = None, scan_layers: bool = False):
         size, patch = parse_variant(variant)
         if image_size % patch:
             raise ValueError(f"image size {image_size} is not divisible by the patch size {patch} of {variant!r}")
@@ -61,17 +63,12 @@ class VideoEncoder(nnx.Module):
         self.grid = (num_frames // tubelet, image_size // patch, image_size // patch)
         self.width = size.width
         self.depth = size.depth
-        self.remat = resolve_remat(remat)
         self.patch_embed = TubeletEmbed(tubelet, patch, in_chans, size.width, rngs=rngs, dtype=dtype,
                                         init="torch_default")
         self.pos_embed = Buffer(sinusoid_table(self.num_patches, size.width)[None])
-        rates = [drop_path * i / max(size.depth - 1, 1) for i in range(size.depth)]
-        self.blocks = nnx.List([
-            Block(size.width, size.heads, size.mlp_ratio, rngs=rngs, dtype=dtype, drop_path=r,
-                  attention_impl=attention_impl, qkv_bias="qv")
-            for r in rates
-        ])
-        self.norm = layer_norm(size.width, rngs=rngs, dtype=dtype)
+        super().__init__(size.width, size.depth, size.heads, size.mlp_ratio, rngs=rngs, dtype=dtype,
+                         attention_impl=attention_impl, qkv_bias="qv", drop_path=drop_path, remat=remat,
+                         scan_layers=scan_layers)
 
     @property
     def num_patches(self) -> int:
@@ -79,23 +76,21 @@ class VideoEncoder(nnx.Module):
         t, h, w = self.grid
         return t * h * w
 
-    def __call__(self, video: jax.Array, mask: Mask | None = None, *,
-                 drop_key: jax.Array | None = None) -> tuple[jax.Array, dict]:
+    def patch_tokens(self, video: jax.Array) -> jax.Array:
+        """[B, T, H, W, C] -> tubelet embeddings [B, L, D]."""
         x = self.patch_embed(video)
         if x.shape[1] != self.num_patches:
             raise ValueError(f"video {video.shape} gives {x.shape[1]} tokens; the model was built for "
                              f"{self.num_patches} (grid {self.grid})")
-        # Positions are added before masked tokens are dropped (VideoMAE's encoder).
-        x = x + self.pos_embed[...].astype(x.dtype)
-        if mask is not None:
-            x = gather_tokens(x, mask.ids_keep)
-        x = run_blocks(self.blocks, x, self.remat, block_keys(drop_key, len(self.blocks)))
-        x = self.norm(x)
-        return x, {"tokens": x, "pooled": x.mean(axis=1)}
+        return x
+
+    def patch_positions(self, dtype: Any) -> jax.Array:
+        """The fixed sinusoid table, added before masked tokens are dropped (VideoMAE's encoder)."""
+        return self.pos_embed[...].astype(dtype)
 
 
-class VideoMAE(nnx.Module):
-    """VideoMAE (and V2 dual masking) encoder-decoder.
+class VideoMAE(Backbone):
+    """VideoMAE (and V2 dual masking) encoder-decoder; the Backbone of its decoder (``decoder_blocks``).
 
     ``__call__(video, mask, decode_ids=None)`` returns ``(pred, aux)``: ``pred`` [B, N, t*p*p*C]
     predicts the N positions ``decode_ids`` [B, N] (default: the encoder-hidden positions in
@@ -105,18 +100,18 @@ class VideoMAE(nnx.Module):
 
     def __init__(self, variant: str, *, num_frames: int, image_size: int, tubelet: int = 2,
                  in_chans: int = 3, decoder_width: int, decoder_depth: int, decoder_heads: int,
-                 rngs: nnx.Rngs, dtype: Any = None, remat: bool = False,
-                 attention_impl: str | None = None, decoder_mlp_ratio: float | None = None):
-        self.encoder = VideoEncoder(variant, num_frames=num_frames, image_size=image_size, tubelet=tubelet,
-                                    in_chans=in_chans, rngs=rngs, dtype=dtype, remat=remat,
-                                    attention_impl=attention_impl)
+                 rngs: nnx.Rngs, dtype: Any = None, remat: bool | str = False,
+                 attention_impl: str | None = None, decoder_mlp_ratio: float | None = None,
+                 scan_layers: bool = False):
+        self.encoder = VideoMAEEncoder(variant, num_frames=num_frames, image_size=image_size, tubelet=tubelet,
+                                       in_chans=in_chans, rngs=rngs, dtype=dtype, remat=remat,
+                                       attention_impl=attention_impl, scan_layers=scan_layers)
         size, patch = parse_variant(variant)
         if decoder_width % decoder_heads:
             raise ValueError(f"decoder_width {decoder_width} is not divisible by decoder_heads {decoder_heads}")
         # The official PretrainVisionTransformer passes one mlp_ratio to encoder and decoder.
         mlp_ratio = size.mlp_ratio if decoder_mlp_ratio is None else decoder_mlp_ratio
         self.in_chans = in_chans
-        self.remat = resolve_remat(remat)
         width = size.width
         self.encoder_to_decoder = nnx.Linear(
             width, decoder_width, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
@@ -126,12 +121,9 @@ class VideoMAE(nnx.Module):
                                                                        (1, 1, decoder_width)),
                                     logical_axes=(None, None, "embed"))
         self.decoder_pos_embed = Buffer(sinusoid_table(self.encoder.num_patches, decoder_width)[None])
-        self.decoder_blocks = nnx.List([
-            Block(decoder_width, decoder_heads, mlp_ratio, rngs=rngs, dtype=dtype,
-                  attention_impl=attention_impl, qkv_bias="qv")
-            for _ in range(decoder_depth)
-        ])
-        self.decoder_norm = layer_norm(decoder_width, rngs=rngs, dtype=dtype)
+        super().__init__(decoder_width, decoder_depth, decoder_heads, mlp_ratio, rngs=rngs, dtype=dtype,
+                         attention_impl=attention_impl, qkv_bias="qv", remat=remat, scan_layers=scan_layers,
+                         names=DECODER_NAMES)
         self.decoder_pred = dense(decoder_width, tubelet * patch * patch * in_chans, ("embed", "patch"),
                                   rngs=rngs, dtype=dtype)
 
@@ -164,9 +156,9 @@ class VideoMAE(nnx.Module):
         masked = jnp.broadcast_to(self.mask_token[...].astype(x.dtype), (b, decode_ids.shape[1], d))
         masked = masked + jnp.take(pos, decode_ids, axis=0)
         x = jnp.concatenate([vis, masked], axis=1)
-        x = run_blocks(self.decoder_blocks, x, self.remat)
+        x = self.run_blocks(x)
         n = decode_ids.shape[1]
-        return self.decoder_pred(self.decoder_norm(x[:, -n:]))
+        return self.decoder_pred(self.final_norm(x[:, -n:]))
 
     def __call__(self, video: jax.Array, mask: Mask, decode_ids: jax.Array | None = None) -> tuple[jax.Array, dict]:
         latent, aux = self.encoder(video, mask)

@@ -7,13 +7,10 @@ import re
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
-from maskjax.masking import Mask, gather_tokens
-from maskjax.models.layers import Block, Buffer, PatchEmbed, layer_norm, sincos_2d
-from maskjax.models.remat import block_keys, resolve_remat
-from maskjax.models.scan import apply_blocks, stacked_blocks
+from maskjax.models.backbone import Encoder
+from maskjax.models.layers import Buffer, PatchEmbed, sincos_2d
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,12 +49,13 @@ def parse_variant(variant: str) -> tuple[ViTSize, int]:
     return VIT_SIZES[name], patch
 
 
-class ViT(nnx.Module):
+class ViT(Encoder):
     """ViT encoder with fixed 2-D sin-cos position embeddings and a cls token (MAE encoder).
 
     ``__call__(images, mask=None)`` returns ``(tokens, aux)``: tokens are [B, 1+K, D] after the
     final LayerNorm (cls first, then the visible tokens in ``mask.ids_keep`` order, or all
-    tokens when ``mask`` is None); ``aux`` holds named intermediates for evaluators.
+    tokens when ``mask`` is None); ``aux`` holds ``cls`` and the patch ``tokens`` for evaluators.
+    The blocks are a :class:`~maskjax.models.backbone.Backbone` (``blocks``, ``norm``).
     """
 
     def __init__(self, variant: str, *, image_size: int, in_chans: int = 3, rngs: nnx.Rngs,
@@ -71,49 +69,33 @@ class ViT(nnx.Module):
         self.width = size.width
         self.depth = size.depth
         self.dtype = dtype
-        self.remat = resolve_remat(remat)  # a policy name of maskjax.models.remat
-        self.scan_layers = scan_layers
         self.patch_embed = PatchEmbed(patch, in_chans, size.width, rngs=rngs, dtype=dtype)
         self.cls_token = nnx.Param(0.02 * jax.random.normal(rngs.params(), (1, 1, size.width)),
                                    logical_axes=(None, None, "embed"))
         self.pos_embed = Buffer(sincos_2d(size.width, self.grid, self.grid, cls_token=True)[None])
-        # Stochastic depth grows linearly with depth (timm), used only by fine-tuning.
-        rates = [drop_path * i / max(size.depth - 1, 1) for i in range(size.depth)]
-        if scan_layers:
-            # One stacked block (leading "layers" axis) applied with nnx.scan: identical blocks only.
-            if drop_path:
-                raise ValueError("scan_layers needs drop_path 0 (the rate differs per block); unset "
-                                 "model.scan_layers for fine-tuning with stochastic depth")
-            self.blocks = stacked_blocks(
-                lambda r: Block(size.width, size.heads, size.mlp_ratio, rngs=r, dtype=dtype,
-                                attention_impl=attention_impl), size.depth, rngs)
-        else:
-            self.blocks = nnx.List([
-                Block(size.width, size.heads, size.mlp_ratio, rngs=rngs, dtype=dtype, drop_path=r,
-                      attention_impl=attention_impl)
-                for r in rates
-            ])
-        self.norm = layer_norm(size.width, rngs=rngs, dtype=dtype)
+        # Stochastic depth (drop_path) is used only by fine-tuning.
+        super().__init__(size.width, size.depth, size.heads, size.mlp_ratio, rngs=rngs, dtype=dtype,
+                         attention_impl=attention_impl, drop_path=drop_path, remat=remat,
+                         scan_layers=scan_layers)
 
     @property
     def num_patches(self) -> int:
         """Number of patch tokens L = (image_size / patch)^2."""
         return self.grid * self.grid
 
-    def run_blocks(self, x: jax.Array, key: jax.Array | None = None) -> jax.Array:
-        """Applies the transformer blocks (with the remat policy and an optional drop-path key)."""
-        return apply_blocks(self.blocks, x, self.remat, block_keys(key, self.depth))
+    @property
+    def num_prefix_tokens(self) -> int:
+        """The cls token."""
+        return 1
 
-    def __call__(self, images: jax.Array, mask: Mask | None = None, *,
-                 drop_key: jax.Array | None = None) -> tuple[jax.Array, dict]:
-        x = self.patch_embed(images)
-        pos = self.pos_embed[...].astype(x.dtype)
-        # MAE adds the position embedding before masking, and the cls token after it.
-        x = x + pos[:, 1:]
-        if mask is not None:
-            x = gather_tokens(x, mask.ids_keep)
-        cls = jnp.broadcast_to((self.cls_token[...] + pos[:, :1]).astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
-        x = jnp.concatenate([cls, x], axis=1)
-        x = self.run_blocks(x, drop_key)
-        x = self.norm(x)
-        return x, {"cls": x[:, 0], "tokens": x[:, 1:]}
+    def patch_tokens(self, images: jax.Array) -> jax.Array:
+        """[B, H, W, C] -> patch embeddings [B, L, D]."""
+        return self.patch_embed(images)
+
+    def patch_positions(self, dtype: Any) -> jax.Array:
+        """The sin-cos rows of the patch tokens (``pos_embed`` is a learned Param once fine-tuned)."""
+        return self.pos_embed[...].astype(dtype)[:, 1:]
+
+    def cls_embedding(self, dtype: Any) -> jax.Array:
+        """MAE adds the position embedding before masking and the cls token (with its row) after it."""
+        return (self.cls_token[...] + self.pos_embed[...].astype(dtype)[:, :1]).astype(dtype)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from maskjax.models.video_layers import patchify_video
-
 # ImageNet statistics: VideoMAE normalises frames with them and un-normalises before the target.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -18,20 +16,23 @@ def unnormalize_video(video: jax.Array, mean=IMAGENET_MEAN, std=IMAGENET_STD) ->
     return video * jnp.asarray(std, video.dtype) + jnp.asarray(mean, video.dtype)
 
 
-def videomae_target(video_unnormalized: jax.Array, tubelet: int, patch: int,
-                    normalize: bool = True) -> jax.Array:
-    """VideoMAE's reconstruction target [B, L, t*p*p*C] from the [0, 1] video [B, T, H, W, C].
+def videomae_target(patches: jax.Array, channels: int, normalize: bool = True) -> jax.Array:
+    """VideoMAE's reconstruction target [B, L, t*p*p*C] from the [0, 1] video's tubelet patches.
 
+    ``patches`` is ``maskjax.models.video_layers.patchify_video(video, tubelet, patch)`` of the
+    [0, 1] video [B, T, H, W, C] with ``C == channels``: the caller patchifies because objectives
+    import only jax (the tubelet layout belongs to the models, like ``norm_pix_target``'s patches).
     With ``normalize`` each token is normalised **per channel** over its t*p*p pixels:
     ``(x - mean) / (std_unbiased + 1e-6)`` (eps on the std, unlike MAE's ``var + eps``). The
     vector order is (p0, p1, p2, c) in both cases.
     """
-    patches = patchify_video(video_unnormalized.astype(jnp.float32), tubelet, patch)
+    patches = patches.astype(jnp.float32)
     if not normalize:
         return patches
     b, n, d = patches.shape
-    c = video_unnormalized.shape[-1]
-    x = patches.reshape(b, n, d // c, c)  # (p0 p1 p2) then c, as the vector order
+    if d % channels:
+        raise ValueError(f"token size {d} is not a multiple of {channels} channels")
+    x = patches.reshape(b, n, d // channels, channels)  # (p0 p1 p2) then c, as the vector order
     mean = x.mean(axis=-2, keepdims=True)
     std = jnp.sqrt(x.var(axis=-2, keepdims=True, ddof=1))
     return ((x - mean) / (std + VIDEOMAE_TARGET_EPS)).reshape(b, n, d)

@@ -138,8 +138,8 @@ def build_setup(config, mesh, num_examples: int) -> StepSetup:
     """Method, schedule, optimizer, abstract state and jitted step exactly as ``train()`` builds them."""
     from maskjax.methods import make_method
     from maskjax.train.loop import schedule_steps, training_parts
-    from maskjax.train.sharding import batch_sharding, normalize_rules
-    from maskjax.train.state import abstract_state
+    from maskjax.core.sharding import batch_sharding, normalize_rules
+    from maskjax.core.state import abstract_state
     from maskjax.train.step import make_train_step
 
     rules = normalize_rules(config.sharding_rules)
@@ -263,8 +263,8 @@ def bench_config(config, *, label: str, steps: int = 20, warmup: int = 3, synthe
 
     from maskjax.data.pipeline import to_global_batch
     from maskjax.train.loop import data_modality
-    from maskjax.train.sharding import make_mesh
-    from maskjax.train.state import create_state
+    from maskjax.core.sharding import make_mesh
+    from maskjax.core.state import create_state
     from maskjax.train.validate import validate_config
 
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -434,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from maskjax.perf.host_memory import tune_malloc
+    from maskjax.host_memory import tune_malloc
 
     tune_malloc()  # before JAX starts its backends, as `maskjax bench` does
     sys.exit(main())

@@ -130,7 +130,7 @@ def target_devices(platform: str, devices: int | None, topology: str | None):
 def _mesh(config, devices, topology: str | None):
     from jax.sharding import AxisType, Mesh
 
-    from maskjax.train.sharding import MESH_AXES, make_mesh, resolve_mesh_shape
+    from maskjax.core.sharding import MESH_AXES, make_mesh, resolve_mesh_shape
 
     if not topology:
         return make_mesh(config.mesh, devices)

@@ -5,9 +5,9 @@
 A workdir that already holds checkpoints resumes by itself.
 """
 
-from maskjax.perf.host_memory import tune_malloc
+from maskjax.host_memory import tune_malloc
 from maskjax.train.cli import run
 
 if __name__ == "__main__":
-    tune_malloc()  # before JAX starts its backends (maskjax.perf.host_memory)
+    tune_malloc()  # before JAX starts its backends (maskjax.host_memory)
     run()

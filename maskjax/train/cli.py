@@ -55,7 +55,7 @@ def main(argv) -> None:
     # In a multi-process job an exception on one process must end it at once: otherwise it
     # waits in the shutdown barrier while the others wait in a collective, and nobody exits.
     with exit_fast_on_error():
-        from maskjax.train.checkpoint import DataStateMismatch
+        from maskjax.core.checkpoint import DataStateMismatch
         from maskjax.train.loop import NonFiniteLoss, config_hash, train
         from maskjax.train.preflight import PreflightError, preflight
         from maskjax.train.validate import ConfigError

@@ -16,11 +16,11 @@ import numpy as np
 from maskjax.data.modalities import get_modality
 from maskjax.data.pipeline import to_global_batch
 from maskjax.methods import make_method, method_modality
-from maskjax.train.checkpoint import Checkpointer, process_layout
+from maskjax.core.checkpoint import Checkpointer, process_layout
 from maskjax.train.metrics import MetricWriter, Progress
 from maskjax.train.optim import make_optimizer, make_schedule, peak_lr
-from maskjax.train.sharding import batch_sharding, make_mesh, normalize_rules
-from maskjax.train.state import ModelTemplate, abstract_state, create_state
+from maskjax.core.sharding import batch_sharding, make_mesh, normalize_rules
+from maskjax.core.state import ModelTemplate, abstract_state, create_state
 from maskjax.train.step import make_train_step
 from maskjax.train.validate import validate_config
 
@@ -120,29 +120,25 @@ def _check_finite(records: list[tuple[int, dict]], last_ckpt: int | None) -> Non
                 f"workdir to resume.")
 
 
-def host_model(template: ModelTemplate, state: dict):
-    """An NNX model with the state's parameters on this host (gathered across processes)."""
-    tree = {"params": state["params"], "extra": state["extra"]}
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        tree = multihost_utils.process_allgather(tree, tiled=True)
-    else:
-        tree = jax.device_get(tree)
-    return template.merge(tree["params"], tree["extra"])
-
-
 def evaluate(config, workdir: str, state: dict, template: ModelTemplate, method, train_source,
              step: int, final: bool) -> dict:
-    """Runs the evaluators due at ``step`` (or the after-training ones) on ``state``."""
+    """Runs the evaluators due at ``step`` (or the after-training ones) on ``state``, on its mesh.
+
+    The evaluators get the model rebuilt from the state's own sharded arrays (no gather to a
+    host: a pod-size model does not fit one) plus the mesh and rules, with which they shard
+    their input batches (:mod:`maskjax.eval.features`).
+    """
     from maskjax.eval.registry import EvalContext, due, run_evaluators
 
     names = due(config, step, final)
     if not names:
         return {}
+    # Every state array lives on the run's mesh; the step counter's sharding names it.
+    mesh = state["step"].sharding.mesh
     context = EvalContext(config=config, workdir=workdir, step=step, method=method, train_source=train_source,
-                          eval_source=open_eval_source(config), final=final)
-    return run_evaluators(host_model(template, state), context, names)
+                          eval_source=open_eval_source(config), final=final, mesh=mesh,
+                          rules=normalize_rules(config.sharding_rules))
+    return run_evaluators(template.merge(state["params"], state["extra"]), context, names)
 
 
 def train(config, workdir: str, *, stop_at_step: int | None = None, run_evals: bool = True,
@@ -191,7 +187,8 @@ def train(config, workdir: str, *, stop_at_step: int | None = None, run_evals: b
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-    _say(f"{method.name}: {config.model.variant}, {template.num_params() / 1e6:.2f}M params, "
+    variant = config.get("model", {}).get("variant")
+    _say(f"{method.name}: {variant + ', ' if variant else ''}{template.num_params() / 1e6:.2f}M params, "
          f"mesh {dict(mesh.shape)}, global batch {config.global_batch} (x{config.grad_accum} accumulation), "
          f"{steps_per_epoch} steps/epoch, steps {start}->{stop} of {total_steps}, peak lr {lr:.3g}")
 

@@ -1,157 +1,22 @@
-"""Optimisers and learning-rate schedules (optax), as the official recipes define them."""
+"""Optimisers and learning-rate schedules of the trainer.
+
+They live in :mod:`maskjax.optim` (below train and eval, which both use them); this module
+re-exports them so existing imports keep working.
+"""
 
 from __future__ import annotations
 
-import math
-from typing import Any, Callable, NamedTuple
-
-import jax
-import jax.numpy as jnp
-import optax
-
-
-def peak_lr(base_lr: float, global_batch: int, denominator: int | None = 256) -> float:
-    """The linear scaling rule ``lr = base_lr * global_batch / denominator`` (MAE: 256).
-
-    ``denominator`` None or 0 means no scaling: BERT-family recipes state the absolute lr.
-    """
-    if not denominator:
-        return float(base_lr)
-    return base_lr * global_batch / denominator
-
-
-def warmup_cosine(peak: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0) -> Callable:
-    """MAE's ``util/lr_sched.py`` per step: linear warmup from 0, then a half-cycle cosine to min_lr.
-
-    Step ``s`` uses the lr of fractional epoch ``s / steps_per_epoch``, which in steps is
-    ``peak * s / warmup`` during warmup and
-    ``min + (peak - min) * 0.5 * (1 + cos(pi * (s - warmup) / (total - warmup)))`` after it.
-    """
-    warmup_steps = max(int(warmup_steps), 0)
-    total_steps = max(int(total_steps), 1)
-
-    def schedule(step):
-        step = jnp.asarray(step, jnp.float32)
-        warm = peak * step / max(warmup_steps, 1)
-        progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
-        progress = jnp.clip(progress, 0.0, 1.0)
-        cos = min_lr + (peak - min_lr) * 0.5 * (1.0 + jnp.cos(math.pi * progress))
-        return jnp.where(step < warmup_steps, warm, cos)
-
-    return schedule
-
-
-def warmup_linear(peak: float, warmup_steps: int, total_steps: int, end_lr: float = 0.0,
-                  multiply_warmup: bool = False) -> Callable:
-    """Linear warmup then linear decay to ``end_lr`` at ``total_steps`` (BERT / ELECTRA).
-
-    BERT's ``optimization.py`` decays ``polynomial_decay(power=1)`` from step 0 and *replaces*
-    the lr by ``peak * step / warmup`` during warmup, so after warmup the lr is
-    ``end + (peak - end) * (1 - step / total)``. ELECTRA *multiplies* the decayed lr by
-    ``min(1, step / warmup)`` (``multiply_warmup=True``). Both equal the decayed value after warmup.
-    """
-    warmup_steps = max(int(warmup_steps), 0)
-    total_steps = max(int(total_steps), 1)
-
-    def schedule(step):
-        step = jnp.asarray(step, jnp.float32)
-        frac = jnp.clip(step / total_steps, 0.0, 1.0)
-        decayed = end_lr + (peak - end_lr) * (1.0 - frac)
-        warm_frac = jnp.minimum(step / max(warmup_steps, 1), 1.0)
-        if multiply_warmup:
-            return decayed * jnp.where(step < warmup_steps, warm_frac, 1.0)
-        return jnp.where(step < warmup_steps, peak * warm_frac, decayed)
-
-    return schedule
-
-
-SCHEDULES = ("cosine", "linear", "linear_electra")
-
-
-def make_schedule(optim: Any, peak: float, warmup_steps: int, total_steps: int) -> Callable:
-    """The lr schedule named by ``optim.schedule`` (default ``"cosine"``: MAE's warmup + cosine)."""
-    kind = optim.get("schedule", "cosine")
-    if kind == "cosine":
-        return warmup_cosine(peak, warmup_steps, total_steps, optim.get("min_lr", 0.0))
-    if kind in ("linear", "linear_electra"):
-        return warmup_linear(peak, warmup_steps, total_steps, optim.get("min_lr", 0.0),
-                             multiply_warmup=kind == "linear_electra")
-    raise ValueError(f"unknown optim.schedule {kind!r}; known: {SCHEDULES}")
-
-
-class ScaleByAdamNoBiasCorrectionState(NamedTuple):
-    """First and second moment estimates (no step count: there is no bias correction)."""
-
-    mu: Any
-    nu: Any
-
-
-def scale_by_adam_no_bias_correction(b1: float = 0.9, b2: float = 0.999,
-                                     eps: float = 1e-6) -> optax.GradientTransformation:
-    """BERT's ``AdamWeightDecayOptimizer`` moments: ``m / (sqrt(v) + eps)`` without bias correction.
-
-    google-research/bert ``optimization.py`` (also ELECTRA's): ``m = b1 m + (1-b1) g``,
-    ``v = b2 v + (1-b2) g^2``, update ``m / (sqrt(v) + eps)``. optax's ``scale_by_adam`` always
-    corrects the bias, which changes the first ~1/(1-b2) steps, so the recipe needs its own.
-    """
-
-    def init(params):
-        zeros = lambda p: jnp.zeros_like(p, jnp.float32)  # noqa: E731
-        return ScaleByAdamNoBiasCorrectionState(jax.tree.map(zeros, params), jax.tree.map(zeros, params))
-
-    def update(updates, state, params=None):
-        del params
-        mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, updates)
-        nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * jnp.square(g), state.nu, updates)
-        out = jax.tree.map(lambda m, v, g: (m / (jnp.sqrt(v) + eps)).astype(g.dtype), mu, nu, updates)
-        return out, ScaleByAdamNoBiasCorrectionState(mu, nu)
-
-    return optax.GradientTransformation(init, update)
-
-
-OPTIMIZERS = ("adamw", "lamb", "sgd")
-
-
-def _leaf_name(path) -> str:
-    last = path[-1]
-    return str(getattr(last, "key", getattr(last, "name", last)))
-
-
-def mae_decay_mask(params: Any) -> Any:
-    """timm 0.3.2 ``add_weight_decay`` as MAE pre-training calls it (empty skip list).
-
-    The same group as BERT's ``exclude_from_weight_decay=["LayerNorm", "layer_norm", "bias"]``:
-    LayerNorm parameters are 1-D and every bias is named ``bias``, while embeddings are decayed.
-
-    No decay for parameters with ndim <= 1 or named ``bias``; everything else, including the
-    (1, 1, D) cls and mask tokens, is decayed. Fixed position embeddings are buffers, not
-    parameters, so they never reach the optimiser.
-    """
-    return jax.tree_util.tree_map_with_path(
-        lambda path, p: bool(p.ndim > 1 and _leaf_name(path) != "bias"), params)
-
-
-def make_optimizer(optim: Any, schedule: Callable) -> optax.GradientTransformation:
-    """Builds the optimiser named by ``optim.name`` with ``schedule`` as its learning rate."""
-    name = optim.name
-    eps = optim.get("eps", 1e-8)
-    if name == "adamw" and not optim.get("bias_correction", True):
-        # BERT/ELECTRA: decoupled decay added to the Adam direction, then scaled by the lr.
-        tx = optax.chain(scale_by_adam_no_bias_correction(optim.b1, optim.b2, eps),
-                         optax.add_decayed_weights(optim.weight_decay, mae_decay_mask),
-                         optax.scale_by_learning_rate(schedule))
-    elif name == "adamw":
-        tx = optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=eps,
-                         weight_decay=optim.weight_decay, mask=mae_decay_mask)
-    elif name == "lamb":
-        # Large-batch BERT (You et al. 2020); the same no-decay group as AdamW.
-        tx = optax.lamb(schedule, b1=optim.b1, b2=optim.b2, eps=eps,
-                        weight_decay=optim.weight_decay, mask=mae_decay_mask)
-    elif name == "sgd":
-        tx = optax.sgd(schedule, momentum=optim.get("momentum", 0.9))
-    else:
-        raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
-    clip = optim.get("grad_clip", None)
-    if clip:
-        tx = optax.chain(optax.clip_by_global_norm(clip), tx)
-    return tx
+from maskjax.optim.optimizers import (  # noqa: F401 - re-exported
+    OPTIMIZERS,
+    ScaleByAdamNoBiasCorrectionState,
+    mae_decay_mask,
+    make_optimizer,
+    scale_by_adam_no_bias_correction,
+)
+from maskjax.optim.schedules import (  # noqa: F401 - re-exported
+    SCHEDULES,
+    make_schedule,
+    peak_lr,
+    warmup_cosine,
+    warmup_linear,
+)

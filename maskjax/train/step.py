@@ -9,17 +9,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from maskjax.train.state import ModelTemplate
-
-
-def example_keys(base_key: jax.Array, step: jax.Array, global_batch: int) -> jax.Array:
-    """Per-example keys ``fold_in(fold_in(base, step), i)`` for i in [0, global_batch).
-
-    Folding the step number in makes a resumed run draw exactly the masks of an uninterrupted
-    one; folding the example index in makes them independent of micro-batching and sharding.
-    """
-    step_key = jax.random.fold_in(base_key, step)
-    return jax.vmap(lambda i: jax.random.fold_in(step_key, i))(jnp.arange(global_batch))
+from maskjax.core.keys import example_keys  # noqa: F401 - re-exported (moved below train and eval)
+from maskjax.core.state import ModelTemplate
 
 
 def split_micro(tree: Any, accum: int) -> Any:

@@ -6,7 +6,7 @@ import math
 
 import jax
 
-from maskjax.train.sharding import normalize_rules, resolve_mesh_shape
+from maskjax.core.sharding import normalize_rules, resolve_mesh_shape
 
 
 from maskjax.errors import ConfigError  # noqa: E402  (re-exported: raised by validate_config)
@@ -93,7 +93,7 @@ def validate_config(config, num_devices: int | None = None, process_count: int |
     known = config.method in known_methods()
     if not known:
         errors.append(f"unknown method {config.method!r}; known methods: {known_methods()}")
-    ratio = config.masking.get("ratio")
+    ratio = config.get("masking", {}).get("ratio")
     if ratio is not None and not 0.0 < ratio < 1.0:
         errors.append(f"masking.ratio must be in (0, 1), got {ratio}")
     if config.compute_dtype not in ("float32", "bfloat16", "float16"):

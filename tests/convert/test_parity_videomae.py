@@ -169,7 +169,7 @@ def test_cli_round_trip_through_folders(converted, tmp_path):
 
 def test_training_workdir_exports(converted, tmp_path):
     """A videomae training run's checkpoint (trainer layout) exports to a loadable HF folder."""
-    from maskjax.train.checkpoint import Checkpointer
+    from maskjax.core.checkpoint import Checkpointer
 
     hf, _, spec, params, extra, _ = converted
     workdir = tmp_path / "run"

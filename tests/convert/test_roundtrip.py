@@ -80,7 +80,7 @@ def test_cli_exports_a_training_workdir(tmp_path, tiny):
     import jax
     import optax
 
-    from maskjax.train.checkpoint import Checkpointer
+    from maskjax.core.checkpoint import Checkpointer
 
     config = tiny()
     spec = ModelSpec(kind="mae", variant="mu/4", image_size=16, decoder_width=32, decoder_depth=1, decoder_heads=2,

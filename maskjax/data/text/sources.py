@@ -233,7 +233,7 @@ def open_text_source(
 
     - ``"text"``: `TextFileSource(path, doc_format)`; ``path`` is a file, glob or list.
     - ``"tfds_text"``: `TfdsTextSource(name, split, data_dir, text_field)`.
-    - ``"array_record_text"``: `maskjax.data.text.convert.ArrayRecordTextSource(path)`, blocks
+    - ``"array_record_text"``: `maskjax.data.text.records.ArrayRecordTextSource(path)`, blocks
       that `tokenize_to_array_record` already tokenized and packed. Unlike the other kinds its
       items are block dicts (ready for `make_text_pipeline`), not documents.
     """
@@ -248,7 +248,7 @@ def open_text_source(
     if kind == "array_record_text":
         if path is None:
             raise ValueError("kind='array_record_text' needs a path (a tokenized output directory)")
-        from maskjax.data.text.convert import ArrayRecordTextSource
+        from maskjax.data.text.records import ArrayRecordTextSource
 
         return ArrayRecordTextSource(path)
     raise ValueError(f"unknown text source kind {kind!r}; expected one of {', '.join(TEXT_SOURCE_KINDS)}")

@@ -53,7 +53,7 @@ def clip_reader(item: dict) -> ClipReader:
         clip = item["clip"]
         return ClipReader(clip.num_frames, clip.height, clip.width, clip.read)
     if "record" in item:
-        from maskjax.data.video.predecode import decode_clip_frames, parse_clip_header
+        from maskjax.data.video.clip_records import decode_clip_frames, parse_clip_header
 
         record = item["record"]
         header = parse_clip_header(record)
@@ -148,7 +148,7 @@ class RecordClip:
 
     def read(self, indices) -> np.ndarray:
         """uint8[len(indices), H, W, 3]: the frames ``indices`` (any order, repeats allowed)."""
-        from maskjax.data.video.predecode import decode_clip_frames, parse_clip_header
+        from maskjax.data.video.clip_records import decode_clip_frames, parse_clip_header
 
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size == 0 or idx.min() < 0 or idx.max() >= self.num_frames:
@@ -178,17 +178,17 @@ class ArrayRecordClipSource:
     """
 
     def __init__(self, path: str | os.PathLike):
-        from maskjax.data.video import predecode
+        from maskjax.data.video import clip_records
 
         path = os.fspath(path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"pre-decoded video dataset not found: {path}")
-        meta_path = path if os.path.isfile(path) else os.path.join(path, predecode.METADATA_FILE)
+        meta_path = path if os.path.isfile(path) else os.path.join(path, clip_records.METADATA_FILE)
         if not os.path.isfile(meta_path):
-            raise FileNotFoundError(f"no {predecode.METADATA_FILE} in {path}; expected a folder written by "
+            raise FileNotFoundError(f"no {clip_records.METADATA_FILE} in {path}; expected a folder written by "
                                     "`maskjax predecode-video` (its OUT/<split>)")
         with open(meta_path) as f:
-            self.metadata = predecode.check_metadata(json.load(f), meta_path)
+            self.metadata = clip_records.check_metadata(json.load(f), meta_path)
         self.path = os.path.dirname(os.path.abspath(meta_path))
         self.class_names = list(self.metadata["class_names"])
         self.frames_per_record = int(self.metadata.get("frames_per_record", 0))

@@ -8,64 +8,16 @@ non-trainable variables are pure dicts with string keys (``nnx.List`` indices be
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from maskjax.train.sharding import flat_reference, logical_to_spec, tree_shardings_like
-
-
-def to_tree(state: nnx.State) -> dict:
-    """nnx.State -> nested dict of arrays with string keys."""
-
-    def strkeys(node):
-        if isinstance(node, dict):
-            return {str(k): strkeys(v) for k, v in node.items()}
-        return node
-
-    return strkeys(nnx.to_pure_dict(state))
-
-
-@dataclasses.dataclass
-class ModelTemplate:
-    """The static half of an NNX model: graph definition plus abstract params and buffers."""
-
-    graphdef: Any
-    abstract_params: nnx.State
-    abstract_extra: nnx.State
-
-    @classmethod
-    def from_builder(cls, build: Callable[[nnx.Rngs], nnx.Module]) -> "ModelTemplate":
-        """Traces ``build`` abstractly (no memory, no devices) to get the model's structure."""
-        model = nnx.eval_shape(lambda: build(nnx.Rngs(0)))
-        graphdef, params, extra = nnx.split(model, nnx.Param, ...)
-        return cls(graphdef, params, extra)
-
-    def merge(self, params: dict, extra: dict) -> nnx.Module:
-        """Rebuilds the model from pure-dict params and buffers (works on tracers)."""
-        p = copy.deepcopy(self.abstract_params)
-        e = copy.deepcopy(self.abstract_extra)
-        nnx.replace_by_pure_dict(p, params)
-        nnx.replace_by_pure_dict(e, extra)
-        return nnx.merge(self.graphdef, p, e)
-
-    def logical_axes(self) -> dict:
-        """Pure dict (string keys) of each parameter's logical axis names (None = replicated)."""
-        def axes(state):
-            flat = {}
-            for path, var in nnx.to_flat_state(state):
-                flat[tuple(str(k) for k in path)] = var.get_metadata().get("logical_axes")
-            return flat
-        return {"params": axes(self.abstract_params), "extra": axes(self.abstract_extra)}
-
-    def num_params(self) -> int:
-        """Number of trainable parameters."""
-        return sum(int(x.size) for x in jax.tree.leaves(self.abstract_params))
+from maskjax.core.templates import ModelTemplate
+from maskjax.core.trees import to_tree  # noqa: F401 - also importable from here
+from maskjax.core.sharding import flat_reference, logical_to_spec, tree_shardings_like
 
 
 def _shardings_for(tree: dict, flat_axes: dict, mesh: Mesh, rules) -> dict:

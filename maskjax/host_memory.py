@@ -18,6 +18,11 @@ C libraries other than glibc.
 
 The price: memory freed by the process is kept for reuse instead of being handed back to the
 operating system, so its resident size stays at its peak.
+
+A top-level module that imports nothing of maskjax (the standard library, and JAX's backend state
+only once JAX is loaded), not part of ``maskjax.perf``: the entry points of several layers call it
+(``maskjax`` itself, ``python -m maskjax.train``, ``maskjax bench``), and ``maskjax.train`` may not
+import ``maskjax.perf``, which sits above it (pyproject.toml, ``[tool.importlinter]``).
 """
 
 from __future__ import annotations

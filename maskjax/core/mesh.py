@@ -1,5 +1,9 @@
 """Device mesh and the logical-axis -> mesh-axis rules that shard parameters and batches.
 
+Below ``maskjax.train`` and ``maskjax.eval``: the trainer shards its state with these rules and
+the evaluators shard their input batches over the same mesh (``maskjax.core.sharding``
+re-exports everything here).
+
 Every parameter carries logical axis names (``logical_axes`` metadata, e.g. ("embed", "mlp")).
 The config's rules map each logical name onto mesh axes; FSDP is the default (``embed`` on
 ``fsdp``, ``mlp``/``heads`` on ``tensor``, the batch on ``data`` x ``fsdp``). A dimension that a
@@ -118,44 +122,3 @@ def batch_divisor(mesh: Mesh, rules: Mapping[str, tuple[str, ...]] | None = None
     """How many ways the batch axis is split (the data-parallel size)."""
     rules = rules if rules is not None else normalize_rules(None)
     return math.prod(mesh.shape[a] for a in rules.get("batch", BATCH_AXES))
-
-
-def _path_key(path) -> tuple[str, ...]:
-    out = []
-    for entry in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(entry, attr):
-                out.append(str(getattr(entry, attr)))
-                break
-        else:
-            out.append(str(entry))
-    return tuple(out)
-
-
-def tree_shardings_like(tree: Any, reference: Mapping[tuple[str, ...], NamedSharding], mesh: Mesh) -> Any:
-    """Shardings for a tree whose leaves mirror parameters somewhere in their path (optimizer state).
-
-    A leaf whose key path ends with a parameter's path and has that parameter's shape gets the
-    parameter's sharding (Adam's mu/nu); everything else (step counters) is replicated.
-    """
-    replicated = NamedSharding(mesh, P())
-
-    def pick(path, leaf):
-        key = _path_key(path)
-        for start in range(len(key)):
-            hit = reference.get(key[start:])
-            if hit is not None and hit[1] == tuple(leaf.shape):
-                return hit[0]
-        return replicated
-
-    return jax.tree_util.tree_map_with_path(pick, tree)
-
-
-def flat_reference(tree: Any, shardings: Any) -> dict[tuple[str, ...], tuple[NamedSharding, tuple]]:
-    """{key path: (sharding, shape)} of a parameter tree, for :func:`tree_shardings_like`."""
-    ref = {}
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    shard_leaves = jax.tree.leaves(shardings)
-    for (path, leaf), sharding in zip(leaves, shard_leaves):
-        ref[_path_key(path)] = (sharding, tuple(leaf.shape))
-    return ref
