@@ -157,6 +157,13 @@ def text_base_config() -> ml_collections.ConfigDict:
 _PATH_FIELDS = ("path", "eval_path", "name", "data_dir")
 
 
+def _add_path_fields(data: ml_collections.ConfigDict) -> None:
+    """Unset (typed) path fields of a media ``data`` section and its optional example count."""
+    for field in _PATH_FIELDS:
+        data[field] = config_dict.placeholder(str)
+    data.num_train_examples = config_dict.placeholder(int)
+
+
 def video_base_config() -> ml_collections.ConfigDict:
     """Defaults of the video family: VideoMAE ViT-B, 16 frames at stride 4, tube masking at 0.9.
 
@@ -194,9 +201,7 @@ def video_base_config() -> ml_collections.ConfigDict:
         num_workers=0, shuffle_seed=0,
         frame_size=0,               # ArrayRecord pre-decoding: shorter side in pixels (0 = keep)
     ))
-    for field in _PATH_FIELDS:
-        c.data[field] = config_dict.placeholder(str)
-    c.data.num_train_examples = config_dict.placeholder(int)
+    _add_path_fields(c.data)
     # VideoMAE pre-training (section 5d): AdamW (0.9, 0.95), wd 0.05, lr 1.5e-4 x batch / 256,
     # warmup 40 epochs then cosine to 1e-5 (scaled).
     c.global_batch = 2048
@@ -242,9 +247,7 @@ def audio_base_config() -> ml_collections.ConfigDict:
         freqm=0, timem=0,          # SpecAugment widths (fine-tuning only)
         num_workers=0, shuffle_seed=0,
     ))
-    for field in _PATH_FIELDS:
-        c.data[field] = config_dict.placeholder(str)
-    c.data.num_train_examples = config_dict.placeholder(int)
+    _add_path_fields(c.data)
     c.global_batch = 512
     c.epochs = 33
     c.optim.base_lr = 2e-4
