@@ -66,7 +66,8 @@ def _feature_probe(model, options, ctx, *, train_default: int, test_default: int
     if options.get("random_baseline", True):
         out["random_init_top1"] = top1(fresh_model(ctx.method, ctx.config.seed + RANDOM_INIT_SEED_OFFSET,
                                                    ctx.mesh, ctx.rules))
-    say(f"linear probe (frozen {pool or 'default'} feature, {len(ytr)} train / {len(yte)} test examples): top-1 "
+    say(f"linear probe (frozen {ctx.method.feature_name(pool)} feature, {len(ytr)} train / {len(yte)} test "
+        f"examples): top-1 "
         f"{100 * out['top1']:.1f}% pre-trained"
         + (f" vs {100 * out['random_init_top1']:.1f}% random-init encoder" if "random_init_top1" in out else ""))
     return out

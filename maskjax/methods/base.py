@@ -16,6 +16,7 @@ member                 required     used by
 ``loss(...)``          yes          the jitted train step
 ``features(...)``      yes          probe, kNN and feature evaluators: ``[B, D]`` features
 ``encoder(model)``     no           fine-tuning evaluators: the module they train
+``feature_name(pool)`` no           evaluator messages: what the feature is
 ``flops(global_batch)``  no         ``bench`` (MFU), ``fitcheck``, ``maskjax.perf.flops``
 ``after_step(...)``    no           the train step, after the optimizer update: non-gradient
                                     state such as an EMA teacher (checkpointed with the state)
@@ -115,6 +116,10 @@ class Method:
         """
         raise NotSupported(f"method {self.name!r} defines no features(model, inputs); probe and kNN "
                            "evaluators need it")
+
+    def feature_name(self, pool: str | None = None) -> str:
+        """What :meth:`features` returns for ``pool``, for messages ("cls", "pooled", ...)."""
+        return pool or "default"
 
     def encoder(self, model) -> Any:
         """The module that fine-tuning evaluators train (default: the whole model)."""

@@ -90,6 +90,10 @@ class EncoderMethod(Method):
         """The encoder (what fine-tuning trains)."""
         return model.encoder
 
+    def feature_name(self, pool=None):
+        """"cls" or "pooled" (the default unless ``pool`` is given)."""
+        return pool or self.default_pool
+
 
 @register("mae")
 class MAE(EncoderMethod):
