@@ -73,3 +73,32 @@ def test_text_attention_impl_takes_only_masked_kernels(tmp_path):
     config = tiny_text_config(tmp_path / "train.txt")
     config.model.attention_impl = "blockwise"
     assert "is not available for bert; use None or one of ('xla', 'cudnn')" in _error(config, num_devices=8)
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("optim.base_lr", float("nan"), "optim.base_lr must be a finite number > 0, got nan"),
+    ("optim.base_lr", float("inf"), "optim.base_lr must be a finite number > 0, got inf"),
+    ("optim.base_lr", 0.0, "optim.base_lr must be a finite number > 0, got 0.0"),
+    ("optim.base_lr", -1e-3, "optim.base_lr must be a finite number > 0, got -0.001"),
+    ("total_steps", 0, "total_steps must be a whole number > 0, got 0"),
+    ("total_steps", -5, "total_steps must be a whole number > 0, got -5"),
+    ("global_batch", 0, "global_batch must be a whole number > 0, got 0"),
+    ("global_batch", -16, "global_batch must be a whole number > 0, got -16"),
+    ("log_every_steps", 0, "log_every_steps must be a whole number > 0, got 0"),
+    ("checkpoint.every_steps", 0, "checkpoint.every_steps must be a whole number > 0, got 0"),
+    ("checkpoint.every_steps", -1, "checkpoint.every_steps must be a whole number > 0, got -1"),
+    ("checkpoint.max_to_keep", 0, "checkpoint.max_to_keep must be a whole number > 0, got 0 (0 or less would "
+                                  "delete every checkpoint"),
+    ("checkpoint.max_to_keep", -2, "checkpoint.max_to_keep must be a whole number > 0, got -2"),
+    ("data.image_size", 0, "data.image_size must be a whole number > 0, got 0"),
+])
+def test_run_numbers_out_of_range_are_refused_one_line_each(tiny, field, value, expected):
+    msg = _error(tiny(**{field: value}), num_devices=1)
+    assert expected in msg
+    assert sum(field + " must be" in line for line in msg.splitlines()) == 1
+
+
+def test_unset_total_steps_and_unbounded_max_to_keep_pass(tiny):
+    config = tiny(**{"total_steps": None})
+    config.checkpoint.max_to_keep = None
+    validate_config(config, num_devices=8, process_count=1)

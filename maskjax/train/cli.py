@@ -30,6 +30,9 @@ _EXPECTED_DEVICES = flags.DEFINE_integer("expected_devices", None, "Fail before 
 _COMPILE_CACHE = flags.DEFINE_string("compile_cache", None, "JAX persistent compilation cache directory: a "
                                      "second start of the same run skips compilation (default: "
                                      "config.compile_cache_dir; unset = no cache).")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool("allow_config_change", False, "Resume even when fields that change "
+                                          "the results (batch, model, data, optim, schedule, seed, ...) "
+                                          "differ from the checkpointed run's config.json.")
 _PREFLIGHT_TIMEOUT = flags.DEFINE_float("preflight_timeout", 120, "Seconds to wait for every process's "
                                         "preflight report.")
 
@@ -56,7 +59,10 @@ def main(argv) -> None:
     # waits in the shutdown barrier while the others wait in a collective, and nobody exits.
     with exit_fast_on_error():
         from maskjax.core.checkpoint import DataStateMismatch
+        from maskjax.errors import NoUsableCheckpoint
+        from maskjax.train.interrupt import Interrupted
         from maskjax.train.loop import NonFiniteLoss, config_hash, train
+        from maskjax.train.workdir_lock import WorkdirLocked
         from maskjax.train.preflight import PreflightError, preflight
         from maskjax.train.validate import ConfigError
 
@@ -72,10 +78,23 @@ def main(argv) -> None:
             preflight(config_hash(config), expected_devices=_EXPECTED_DEVICES.value,
                       timeout_s=_PREFLIGHT_TIMEOUT.value)
             result = train(config, workdir, stop_at_step=_STOP_AT.value, run_evals=not _NO_EVALS.value,
-                           watchdog=watchdog)
-        except (ConfigError, DataStateMismatch, NonFiniteLoss, PreflightError, FileNotFoundError) as e:
+                           watchdog=watchdog, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+        except (ConfigError, DataStateMismatch, NonFiniteLoss, PreflightError, FileNotFoundError,
+                WorkdirLocked, NoUsableCheckpoint) as e:
             # Problems the user can act on get their message, not a stack trace.
             sys.exit(f"maskjax: {e}")
+        except Interrupted as e:
+            # A clean stop on SIGINT/SIGTERM: one line, and the shell's status for that signal
+            # (130/143) so schedulers and scripts see an interruption, not a failure.
+            print(f"maskjax: {e.message}", file=sys.stderr, flush=True)
+            sys.exit(e.exit_status)
+        except KeyboardInterrupt:
+            # A second Ctrl-C: out now. os._exit, because a normal exit would wait for the
+            # checkpointer's background threads that the user just asked not to wait for.
+            print("maskjax: interrupted (a second Ctrl-C, or one before training started); exited at "
+                  "once; the next run resumes from the last complete checkpoint", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(130)
         print(f"done: step {result.step}/{result.total_steps}, workdir {workdir}", flush=True)
 
 

@@ -15,9 +15,10 @@ import numpy as np
 
 from maskjax.data.modalities import get_modality
 from maskjax.data.pipeline import to_global_batch
+from maskjax.errors import NonFiniteLoss
 from maskjax.methods import make_method, method_modality
 from maskjax.core.checkpoint import Checkpointer, process_layout
-from maskjax.train.metrics import MetricWriter, Progress
+from maskjax.train.metrics import MetricWriter, Progress, rewind_metrics
 from maskjax.train.optim import make_optimizer, make_schedule, peak_lr
 from maskjax.core.sharding import batch_sharding, make_mesh, normalize_rules
 from maskjax.core.state import ModelTemplate, abstract_state, create_state
@@ -25,10 +26,6 @@ from maskjax.train.step import make_train_step
 from maskjax.train.validate import validate_config
 
 log = logging.getLogger(__name__)
-
-
-class NonFiniteLoss(FloatingPointError):
-    """The loss became NaN or inf; the message names the step and the last good checkpoint."""
 
 
 @dataclasses.dataclass
@@ -72,7 +69,8 @@ def schedule_steps(config, num_examples: int) -> tuple[int, int, int]:
     if steps_per_epoch < 1:
         raise ValueError(f"the dataset has {num_examples} examples, fewer than one global batch of "
                          f"{config.global_batch}; lower global_batch")
-    total = config.total_steps or int(round(config.epochs * steps_per_epoch))
+    # "is None", not "or": validation refuses total_steps <= 0, and 0 must never mean "use epochs".
+    total = config.total_steps if config.total_steps is not None else int(round(config.epochs * steps_per_epoch))
     if config.optim.get("warmup_steps") is not None:
         warmup = min(int(config.optim.warmup_steps), total)
     else:
@@ -108,16 +106,31 @@ class _PendingMetrics:
         return [(s, {k: float(v) for k, v in m.items()}) for s, m in host]
 
 
-def _check_finite(records: list[tuple[int, dict]], last_ckpt: int | None) -> None:
+# The step's finiteness checks: the loss and gradients of the step's input state and the
+# global norm of the parameters it produced (maskjax.train.step), so the state a save would
+# write is covered by the metrics of its own step.
+_FINITE_METRICS = ("loss", "grad_norm", "param_norm")
+
+
+def _check_finite(records: list[tuple[int, dict]], last_ckpt: int | None, ckpt: Checkpointer | None = None) -> None:
+    """Raises :class:`NonFiniteLoss` at the first record whose loss, gradient or parameter norm is
+    NaN or inf, naming the step and the newest checkpoint on disk (``ckpt``; else ``last_ckpt``).
+
+    Called before every save, so a non-finite state is never checkpointed.
+    """
     for step, metrics in records:
-        loss = metrics.get("loss", 0.0)
-        if not np.isfinite(loss):
-            where = f"the last checkpoint is step {last_ckpt}" if last_ckpt else "no checkpoint was saved"
+        for name in _FINITE_METRICS:
+            value = metrics.get(name, 0.0)
+            if np.isfinite(value):
+                continue
+            if ckpt is not None:  # waits for a save in flight: name only a finished checkpoint
+                where = ckpt.describe_newest()
+            else:
+                where = (f"The last checkpoint is step {last_ckpt}." if last_ckpt else "No checkpoint was saved.")
             raise NonFiniteLoss(
-                f"loss is {loss} at step {step}; training stopped and nothing after step "
-                f"{last_ckpt or 0} was saved ({where}). Lower the learning rate, use "
-                f"compute_dtype=float32 or enable optim.grad_clip, then restart in the same "
-                f"workdir to resume.")
+                f"{name} is {value} at step {step}; training stopped before saving that state. {where} "
+                f"Lower the learning rate, use compute_dtype=float32 or enable optim.grad_clip, then "
+                f"restart in the same workdir to resume.")
 
 
 def evaluate(config, workdir: str, state: dict, template: ModelTemplate, method, train_source,
@@ -142,8 +155,40 @@ def evaluate(config, workdir: str, state: dict, template: ModelTemplate, method,
 
 
 def train(config, workdir: str, *, stop_at_step: int | None = None, run_evals: bool = True,
-          watchdog=None) -> TrainResult:
+          watchdog=None, allow_config_change: bool = False) -> TrainResult:
     """Trains ``config`` in ``workdir``, resuming from the newest checkpoint there if any.
+
+    Holds ``WORKDIR/.maskjax.lock`` while it runs (process 0; :mod:`maskjax.train.workdir_lock`)
+    and turns SIGINT/SIGTERM into a stop at the next step boundary with a checkpoint, raising
+    :class:`~maskjax.train.interrupt.Interrupted` (:mod:`maskjax.train.interrupt`). Resuming with
+    a config whose result-changing fields differ from the checkpointed run's raises
+    :class:`~maskjax.train.resume_config.ConfigChanged` unless ``allow_config_change``.
+    See :func:`_train` for the other arguments.
+    """
+    from maskjax.train.interrupt import StopSignals, remove_partial_checkpoints, saved_steps
+    from maskjax.train.resume_config import check_resume_config
+    from maskjax.train.workdir_lock import WorkdirLock
+
+    os.makedirs(workdir, exist_ok=True)
+    # One lock per job: the processes of a multi-process run share the workdir.
+    with WorkdirLock(workdir, enabled=jax.process_index() == 0) as lock, StopSignals() as signals:
+        if lock.describe_takeover():
+            _say(lock.describe_takeover())
+        ckpt_dir = os.path.join(workdir, "checkpoints")
+        if jax.process_index() == 0:
+            # Folders of saves cut short (kill -9, a second Ctrl-C); safe: the lock excludes writers.
+            removed = remove_partial_checkpoints(ckpt_dir)
+            if removed:
+                _say(f"removed unfinished checkpoint folders in {ckpt_dir}: {', '.join(removed)}")
+        if saved_steps(ckpt_dir):  # a resume: compare with the config.json of the checkpointed run
+            check_resume_config(config, workdir, allow=allow_config_change, say=_say)
+        return _train(config, workdir, stop_at_step=stop_at_step, run_evals=run_evals, watchdog=watchdog,
+                      stop_signals=signals)
+
+
+def _train(config, workdir: str, *, stop_at_step: int | None = None, run_evals: bool = True,
+           watchdog=None, stop_signals=None) -> TrainResult:
+    """The training run behind :func:`train` (which holds the workdir lock and signal handlers).
 
     ``stop_at_step`` ends the run early (with a checkpoint) as a preemption would; the schedule
     still follows the full run, so a later call continues exactly where this one stopped.
@@ -177,8 +222,10 @@ def train(config, workdir: str, *, stop_at_step: int | None = None, run_evals: b
     latest = ckpt.latest_step()
     if latest is not None:
         target, shardings = abstract_state(template, method.build, tx, mesh, rules, init_key)
-        state, data_restored = ckpt.restore(latest, target, data_iter, layout,
-                                            config.checkpoint.data_state_mismatch)
+        # The newest intact step: damaged newer ones are set aside with one warning each, and
+        # NoUsableCheckpoint (nothing renamed) when none restores.
+        latest, state, data_restored = ckpt.restore_latest(target, data_iter, layout,
+                                                           config.checkpoint.data_state_mismatch)
         _say(f"resumed from step {latest} in {ckpt.directory}"
              + ("" if data_restored else " (model and optimizer only; the data order restarted)"))
     else:
@@ -196,6 +243,7 @@ def train(config, workdir: str, *, stop_at_step: int | None = None, run_evals: b
     step_fn = make_train_step(method, template, tx, schedule, base_key=step_key,
                               global_batch=config.global_batch, accum=config.grad_accum,
                               state_shardings=shardings, batch_sharding=bsharding)
+    rewind_metrics(workdir, start)  # records a dead run wrote after its last checkpoint
     writer = MetricWriter(workdir)
     progress = Progress(total_steps, start, enabled=config.progress)
     pending = _PendingMetrics()
@@ -203,6 +251,10 @@ def train(config, workdir: str, *, stop_at_step: int | None = None, run_evals: b
     history: collections.deque = collections.deque(maxlen=10_000)
     last_ckpt = latest
     step = start
+
+    def stopping() -> bool:
+        return stop_signals is not None and stop_signals.requested
+
     window_t0, window_s0, wait = time.perf_counter(), step, 0.0
     run_t0 = time.perf_counter()
 
@@ -211,7 +263,7 @@ def train(config, workdir: str, *, stop_at_step: int | None = None, run_evals: b
         records = pending.fetch()
         if not records:
             return
-        _check_finite(records, last_ckpt)
+        _check_finite(records, last_ckpt, ckpt)
         now = time.perf_counter()
         rate = (step - window_s0) / max(now - window_t0, 1e-9)
         mean = {k: float(np.mean([m[k] for _, m in records])) for k in records[-1][1]}
@@ -232,7 +284,8 @@ def train(config, workdir: str, *, stop_at_step: int | None = None, run_evals: b
 
     try:
         with jax.set_mesh(mesh), watchdog:
-            while step < stop:
+            # A stop signal is checked before each step: the step in flight finishes, none starts.
+            while step < stop and not stopping():
                 t0 = time.perf_counter()
                 host_batch = next(data_iter)
                 wait += time.perf_counter() - t0
@@ -244,21 +297,26 @@ def train(config, workdir: str, *, stop_at_step: int | None = None, run_evals: b
                 if step % ckpt.every_steps == 0:
                     save()
                 watchdog.beat(step)
-                if run_evals and step < total_steps:
+                if run_evals and step < total_steps and not stopping():
                     with watchdog.paused():  # evaluations are not stalled steps
                         results = evaluate(config, workdir, state, template, method, source, step, final=False)
                     if results:
                         writer.write(step, results)
-            save(force=True)
+            if step > start or not stopping():
+                save(force=True)  # flushes this step's metrics first; waits for a save in flight
+            else:
+                flush()
     except KeyboardInterrupt:
-        _say(f"interrupted at step {step}; saving a checkpoint before exiting")
-        pending.items.clear()
-        ckpt.save(step, state, data_iter, meta, force=True)
-        ckpt.close()
+        # Only a second Ctrl-C gets here (the first one is a stop request): leave at once. An
+        # unfinished save stays a *.orbax-checkpoint-tmp folder, removed at the next start.
         raise
     finally:
         writer.close()
     ckpt.close()
+    if stopping():
+        from maskjax.train.interrupt import Interrupted
+
+        raise Interrupted(step, stop_signals.signum, ckpt.directory, saved=step > start)
     elapsed = time.perf_counter() - run_t0
     if run_evals and step >= total_steps:
         results = evaluate(config, workdir, state, template, method, source, step, final=True)

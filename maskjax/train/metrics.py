@@ -61,6 +61,49 @@ def read_metrics(workdir: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def rewind_jsonl(path: str, step: int) -> int:
+    """Drops the records of ``path`` with ``"step" > step`` (and a torn last line); returns how many.
+
+    A resumed run restarts at its checkpoint's step, so records a dead run wrote after that
+    checkpoint would otherwise appear twice. The file is rewritten beside and renamed over the
+    original, so a crash here leaves the old or the new file, never a mix.
+    """
+    if not os.path.exists(path):
+        return 0
+    kept, dropped = [], 0
+    with open(path) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line cut short by a kill in the middle of a write
+                dropped += 1
+                continue
+            if isinstance(record, dict) and int(record.get("step", 0)) > step:
+                dropped += 1
+            else:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    if dropped:
+        tmp = path + ".rewind"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
+    return dropped
+
+
+def rewind_metrics(workdir: str, step: int) -> int:
+    """Rewinds ``metrics.jsonl`` and ``eval_results.jsonl`` to ``step`` (process 0 only; else 0).
+
+    Called when a run starts at ``step`` (0 for a fresh start), so each step is recorded once.
+    TensorBoard event files are left as they are (TensorBoard shows the newest value of a step).
+    """
+    if jax.process_index() != 0:
+        return 0
+    return sum(rewind_jsonl(os.path.join(workdir, name), step)
+               for name in ("metrics.jsonl", "eval_results.jsonl"))
+
+
 def format_duration(seconds: float) -> str:
     """1h02m, 3m05s or 12s."""
     seconds = max(int(seconds), 0)

@@ -79,7 +79,10 @@ def make_train_step(method, template: ModelTemplate, tx: optax.GradientTransform
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         metrics = dict(metrics)
-        metrics.update(loss=loss, grad_norm=optax.tree.norm(grads), lr=schedule(state["step"]))
+        # param_norm is of the *updated* params: with loss and grad_norm it lets the loop refuse
+        # to checkpoint a state that went NaN/inf (one cheap reduction, fused with the update).
+        metrics.update(loss=loss, grad_norm=optax.tree.norm(grads), lr=schedule(state["step"]),
+                       param_norm=optax.tree.norm(params))
         # Non-gradient state (an EMA teacher, ...) follows the updated params: the method's hook.
         extra = method.after_step(params, state["extra"], state["step"] + 1)
         new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state, "extra": extra}

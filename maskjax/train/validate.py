@@ -82,6 +82,34 @@ def _check_batch(config, errors: list[str], num_devices: int, process_count: int
         errors.append(f"global_batch {batch} is not divisible by the {process_count} processes")
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_run_numbers(config, errors: list[str]) -> None:
+    # Values that otherwise fail late or silently: a NaN/zero learning rate trains nothing (or
+    # NaNs from the first step), total_steps=0 used to mean "use epochs", every_steps=0 divides
+    # by zero in the loop, and max_to_keep=0 makes Orbax delete every checkpoint it writes.
+    lr = config.optim.get("base_lr")
+    if not _is_number(lr) or not math.isfinite(lr) or lr <= 0:
+        errors.append(f"optim.base_lr must be a finite number > 0, got {lr!r}")
+    positive = [("global_batch", config.get("global_batch")), ("log_every_steps", config.get("log_every_steps")),
+                ("checkpoint.every_steps", config.checkpoint.get("every_steps")),
+                ("checkpoint.max_to_keep", config.checkpoint.get("max_to_keep"))]
+    if config.get("total_steps") is not None:  # None (unset) means: from epochs
+        positive.append(("total_steps", config.total_steps))
+    data = config.get("data", {})
+    if "image_size" in data:
+        positive.append(("data.image_size", data.image_size))
+    for name, value in positive:
+        if name == "checkpoint.max_to_keep" and value is None:
+            continue  # Orbax: keep every checkpoint
+        if not _is_number(value) or value != int(value) or value <= 0:
+            hint = " (0 or less would delete every checkpoint; leave it None to keep all)" \
+                if name == "checkpoint.max_to_keep" else ""
+            errors.append(f"{name} must be a whole number > 0, got {value!r}{hint}")
+
+
 def validate_config(config, num_devices: int | None = None, process_count: int | None = None) -> None:
     """Raises :class:`ConfigError` listing every problem with ``config``; returns None if it can run."""
     errors: list[str] = []
@@ -104,9 +132,11 @@ def validate_config(config, num_devices: int | None = None, process_count: int |
         errors.append(f"unknown optim.schedule {config.optim.schedule!r}; use one of {SCHEDULES}")
     if config.checkpoint.data_state_mismatch not in ("error", "reset"):
         errors.append("checkpoint.data_state_mismatch must be 'error' or 'reset'")
+    _check_run_numbers(config, errors)
     if known:
         _check_method(config, errors)
     _check_evals(config, errors)
-    _check_batch(config, errors, num_devices, process_count)
+    if _is_number(config.global_batch) and config.global_batch > 0:  # else reported above
+        _check_batch(config, errors, num_devices, process_count)
     if errors:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(errors))
