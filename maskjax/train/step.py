@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from maskjax.core.keys import example_keys  # noqa: F401 - re-exported (moved below train and eval)
+from maskjax.core.keys import example_keys
 from maskjax.core.state import ModelTemplate
 
 
