@@ -13,7 +13,7 @@ for variant in "$@"; do
   IFS='|' read -r label batch flags overrides envs <<<"$variant"
   args=(--config "$config" --batch "$batch" --synthetic-data --steps "${STEPS:-20}" --warmup "${WARMUP:-3}"
         --json "/tmp/bench_$label.json")
-  for o in $overrides; do args+=(--override "$o"); done
+  for o in $overrides; do args+=("--config.$o"); done
   if [ "${PROFILE_STEPS:-3}" -gt 0 ]; then
     args+=(--profile "/tmp/trace_$label" --profile-steps "${PROFILE_STEPS:-3}")
   fi

@@ -328,7 +328,7 @@ class Worker:
         if args.attention_impl:
             cmd += ["--attention-impl", args.attention_impl]
         for item in args.override:
-            cmd += ["--override", item]
+            cmd.append(f"--config.{item}")
         if args.no_cpu_tweaks:
             cmd.append("--no-cpu-tweaks")
         env = dict(os.environ)
@@ -473,7 +473,7 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--attention-impl", default=None,
                    help="our model.attention_impl (e.g. xla, blockwise, cudnn; 'default' = the config's None)")
     p.add_argument("--hf-attention", default="sdpa", help="Hugging Face attn_implementation (sdpa | eager)")
-    p.add_argument("--override", action="append", default=[], help="extra maskjax config override key=value")
+    # --config.FIELD=VALUE (maskjax's one override syntax) is split off before parsing; see main().
     p.add_argument("--xla-flags", default="", help="extra XLA_FLAGS for our worker (experiments)")
     p.add_argument("--threads", type=int, default=usable_cores(),
                    help="threads per side: torch.set_num_threads, and for 1 single-threaded XLA (default: cores)")
@@ -491,7 +491,11 @@ def parse_args(argv: list[str] | None):
                    help="interpreter for the HF worker (default: this one); it needs torch, transformers and maskjax")
     p.add_argument("--worker", choices=("ours", "hf"), default=None, help=argparse.SUPPRESS)
     p.add_argument("--case", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    from maskjax.config.commandline import split_overrides
+
+    rest, pairs = split_overrides(sys.argv[1:] if argv is None else argv)
+    args = p.parse_args(rest)
+    args.override = [f"{field}={text}" for field, text in pairs]  # "FIELD=VALUE", as bench.load takes
     if args.rounds < 1 or args.steps < 1 or args.warmup < 0 or args.prime < 0:
         p.error(f"need --rounds >= 1, --steps >= 1, --warmup >= 0, --prime >= 0; got {args.rounds}, {args.steps}, "
                 f"{args.warmup}, {args.prime}")

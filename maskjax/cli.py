@@ -23,77 +23,65 @@ commands:
 """
 
 
+COMMON = """
+Every command takes -h. Those that run a config (train, eval, bench, fitcheck, repro) take
+--config FILE[:ARG] and --config.FIELD=VALUE overrides. An error is one line and exit status 2;
+--debug shows its traceback.
+"""
+
+
+def _commands() -> dict:
+    """Subcommand name -> ``"module:function"`` taking the remaining argv, returning an exit status."""
+    return {
+        "train": "maskjax.train.cli:train_main",
+        "convert-images": "maskjax.data.convert:main",
+        "train-tokenizer": "maskjax.data.text.convert:main_train_tokenizer",
+        "tokenize": "maskjax.data.text.convert:main",
+        "predecode-video": "maskjax.data.video.predecode:main",
+        "make-moving-cifar": "maskjax.data.video.moving_cifar:main",
+        "convert": "maskjax.convert.cli:main",
+        "eval": "maskjax.eval.cli:eval_main",
+        "plot": "maskjax.eval.cli:plot_main",
+        "repro": "maskjax.repro:main",
+        "bench": "maskjax.perf.bench:main",
+        "fitcheck": "maskjax.perf.fitcheck:main",
+        "launch": "maskjax.launch:main",
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Dispatches to a subcommand."""
+    """Dispatches to a subcommand; a user error is one line on stderr and exit status 2."""
+    import importlib
+
+    from maskjax.errors import pop_debug_flag, run_command
+
     argv = list(sys.argv if argv is None else argv)
+    argv, debug = pop_debug_flag(argv)
     if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
-        print(USAGE)
+        print(USAGE + COMMON)
         return 0 if len(argv) >= 2 else 2
     command, rest = argv[1], argv[2:]
+    commands = _commands()
+    if command not in commands:
+        import difflib
+
+        close = difflib.get_close_matches(command, commands, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        print(f"maskjax: unknown command {command!r}{hint} (maskjax -h lists the commands)", file=sys.stderr)
+        return 2
     if command in ("train", "eval", "bench", "repro"):
         # Before anything starts JAX's backends (docs/performance.md, "Page faults").
         from maskjax.host_memory import tune_malloc
 
         tune_malloc()
-    if command == "train":
-        from maskjax.train.cli import run
-
-        run([f"{argv[0]} train"] + rest)
-        return 0
-    if command == "convert-images":
-        from maskjax.data.convert import main as convert_main
-
-        return convert_main(rest)
-    if command == "train-tokenizer":
-        from maskjax.data.text.convert import main_train_tokenizer
-
-        return main_train_tokenizer(rest)
-    if command == "tokenize":
-        from maskjax.data.text.convert import main as tokenize_main
-
-        return tokenize_main(rest)
-    if command == "predecode-video":
-        from maskjax.data.video.predecode import main as predecode_main
-
-        return predecode_main(rest)
-    if command == "make-moving-cifar":
-        from maskjax.data.video.moving_cifar import main as moving_cifar_main
-
-        return moving_cifar_main(rest)
-    if command == "convert":
-        from maskjax.convert.cli import main as convert_checkpoints
-
-        return convert_checkpoints(rest)
-    if command == "eval":
-        from maskjax.eval.cli import eval_main
-
-        return eval_main(rest)
-    if command == "repro":
+    if command in ("repro", "eval", "bench"):
         from absl import flags
 
         if not flags.FLAGS.is_parsed():
             flags.FLAGS.mark_as_parsed()  # grain workers read absl flags
-        from maskjax.repro import main as repro_main
-
-        return repro_main(rest)
-    if command == "bench":
-        from maskjax.perf.bench import main as bench_main
-
-        return bench_main(rest)
-    if command == "fitcheck":
-        from maskjax.perf.fitcheck import main as fitcheck_main
-
-        return fitcheck_main(rest)
-    if command == "launch":
-        from maskjax.launch import main as launch_main
-
-        return launch_main(rest)
-    if command == "plot":
-        from maskjax.eval.cli import plot_main
-
-        return plot_main(rest)
-    print(f"maskjax: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
-    return 2
+    module, _, function = commands[command].partition(":")
+    entry = getattr(importlib.import_module(module), function)
+    return run_command(f"maskjax {command}", entry, rest, debug=debug)
 
 
 if __name__ == "__main__":

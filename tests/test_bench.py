@@ -11,7 +11,8 @@ import math
 
 import pytest
 
-from maskjax.perf.bench import (HEADER, format_row, load, main, parse_overrides, peak_tflops)
+from maskjax.errors import ConfigError
+from maskjax.perf.bench import (HEADER, format_row, load, main, peak_tflops)
 from maskjax.perf.flops import matmul, model_flops, transformer_layer
 from tests.conftest import REPO_ROOT, tiny_config
 from tests.text_helpers import tiny_text_config, wikitext_slice
@@ -46,7 +47,7 @@ def test_bench_cli_tiny_mae(tmp_path, capsys):
     argv = ["--config", str(REPO_ROOT / "configs/mae/default.py") + ":smoke", "--steps", "3", "--warmup", "1",
             "--batch", "16", "--json", str(out)]
     for item in TINY_MAE:
-        argv += ["--override", item]
+        argv.append(f"--config.{item}")
     assert main(argv) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
     assert _cells(lines[0]) == _cells(HEADER) and len(lines) == 3
@@ -97,21 +98,26 @@ def test_synthetic_image_batch_matches_pipeline():
 
 
 def test_bench_bad_config_path_is_one_line(capsys):
-    assert main(["--config", "configs/mae/no_such.py", "--steps", "1"]) == 2
+    from maskjax.cli import main as maskjax_main
+
+    assert maskjax_main(["maskjax", "bench", "--config", "configs/mae/no_such.py", "--steps", "1"]) == 2
     err = capsys.readouterr().err
-    assert "not found" in err and "Traceback" not in err
+    assert "not found" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_overrides_are_typed():
-    config = load(str(REPO_ROOT / "configs/mae/default.py") + ":smoke", [])
-    values = parse_overrides(config, ["model.variant=mu/4", "data.image_size=16", "optim.base_lr=0.5",
-                                      "remat=true", "total_steps=7", "optim.grad_clip=1.0"])
-    assert values == {"model.variant": "mu/4", "data.image_size": 16, "optim.base_lr": 0.5, "remat": True,
-                      "total_steps": 7, "optim.grad_clip": 1.0}
-    with pytest.raises(KeyError, match="model.nope"):
-        parse_overrides(config, ["model.nope=1"])
-    with pytest.raises(ValueError, match="boolean"):
-        parse_overrides(config, ["remat=maybe"])
+    spec = str(REPO_ROOT / "configs/mae/default.py") + ":smoke"
+    config = load(spec, ["model.variant=mu/4", "data.image_size=16", "optim.base_lr=0.5", "remat=true",
+                         "total_steps=7", "optim.grad_clip=1.0"])
+    assert (config.model.variant, config.data.image_size, config.optim.base_lr, config.remat, config.total_steps,
+            config.optim.grad_clip) == ("mu/4", 16, 0.5, True, 7, 1.0)
+    assert isinstance(config.data.image_size, int) and isinstance(config.optim.base_lr, float)
+    # remat is typed `object`: a policy name stays a string.
+    assert load(spec, ["remat=dots"]).remat == "dots"
+    with pytest.raises(ConfigError, match="model.nope"):
+        load(spec, ["model.nope=1"])
+    with pytest.raises(ConfigError, match="int"):
+        load(spec, ["total_steps=seven"])
 
 
 def test_peak_table():

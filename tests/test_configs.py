@@ -20,7 +20,9 @@ def test_config_files_found():
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: str(p.relative_to(CONFIG_DIR)))
-@pytest.mark.parametrize("arg", ["", "smoke"])
+# The full recipes build the same model classes as their smoke variants (at the recipe's size), so
+# they run with -m slow: each abstract build costs seconds and CI has a time budget.
+@pytest.mark.parametrize("arg", [pytest.param("", marks=pytest.mark.slow), "smoke"])
 def test_config_loads_and_builds_abstractly(path, arg):
     config = load_config(f"{path}:{arg}" if arg else str(path))
     module_doc = path.read_text().split('"""')[1]

@@ -142,8 +142,8 @@ def test_eval_command_on_a_checkpoint_and_curves(tiny, tmp_path):
     config = tiny(**{"total_steps": 2, "log_every_steps": 1})
     train(config, str(tmp_path))
     cfg = "configs/mae/default.py"
-    base = ["--override", "model.variant=mu/4", "--override", "data.image_size=16", "--override",
-            "model.decoder_width=32", "--override", "model.decoder_depth=1", "--override", "model.decoder_heads=2"]
+    base = ["--config.model.variant=mu/4", "--config.data.image_size=16", "--config.model.decoder_width=32",
+            "--config.model.decoder_depth=1", "--config.model.decoder_heads=2"]
     # an evaluator the config does not define is a clear error, not a crash
     assert cli_main(["maskjax", "eval", "--config", cfg, "--workdir", str(tmp_path), "--evals", "nope", *base]) == 2
     assert not os.path.exists(tmp_path / "reconstruction.png")

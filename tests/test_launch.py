@@ -200,6 +200,7 @@ def test_failing_rank_stops_the_others_promptly(tmp_path):
 
 
 @pytest.mark.multiprocess
+@pytest.mark.slow  # the 2-process training path itself is tests/test_multiprocess.py (CI time budget)
 def test_local_multiprocess_trains_for_real(tmp_path):
     workdir = tmp_path / "run"
     # No persistent compilation cache here: jax writes it from process 0 only, so process 0

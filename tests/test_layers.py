@@ -50,9 +50,19 @@ _IMPORT_EACH = textwrap.dedent("""
     failures, skipped = {}, {}
     names = sorted(m.name for m in pkgutil.walk_packages(
         maskjax.__path__, "maskjax.", onerror=lambda name: failures.setdefault(name, "walk failed")))
+    from absl import flags
+
+    def forget_maskjax_flags():
+        # absl's FLAGS is process-global: a command-line module (maskjax.train.cli) defines its
+        # flags at import, so a second import in this loop would be refused as a duplicate.
+        for flag_name in list(flags.FLAGS):
+            if flags.FLAGS.find_module_defining_flag(flag_name, "").startswith("maskjax"):
+                delattr(flags.FLAGS, flag_name)
+
     for name in ["maskjax"] + names:
         for key in [k for k in sys.modules if k == "maskjax" or k.startswith("maskjax.")]:
             del sys.modules[key]
+        forget_maskjax_flags()
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as e:

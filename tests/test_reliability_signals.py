@@ -94,7 +94,7 @@ def test_signal_stops_with_a_checkpoint_and_resumes_exactly(reference, tmp_path,
         pytest.skip(f"run finished before {sig.name}")
     assert code == 128 + sig, (code, err[-3000:])
     assert "Traceback" not in err, err[-3000:]
-    lines = [line for line in err.splitlines() if line.startswith("maskjax: interrupted")]
+    lines = [line for line in err.splitlines() if line.startswith("maskjax train: interrupted")]
     assert len(lines) == 1, err[-3000:]
     assert f"({sig.name})" in lines[0] and "run the same command to resume" in lines[0]
     stopped = int(lines[0].split("interrupted at step ")[1].split()[0])
@@ -139,11 +139,11 @@ def test_changed_global_batch_on_resume_is_refused_unless_allowed(reference, tmp
     workdir = tmp_path / "run"
     shutil.copytree(ref_dir, workdir)
     proc = _run(workdir, "--config.global_batch=32", "--config.log_every_steps=2", check=False)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "global_batch: 16 -> 32" in proc.stderr and "--allow_config_change" in proc.stderr
     assert "log_every_steps" not in proc.stderr.split("change the results")[1]  # allowed, not listed
     proc = _run(workdir, "--config.global_batch=32", "--allow_config_change")
-    assert "global_batch: 16 -> 32" in proc.stdout and "done: step 6/6" in proc.stdout
+    assert "global_batch: 16 -> 32" in proc.stdout and "run complete" in proc.stdout and "step 6/6" in proc.stdout
 
 
 def test_second_trainer_on_a_held_workdir_is_refused(tmp_path):

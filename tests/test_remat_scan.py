@@ -169,6 +169,7 @@ def test_scanned_trains_checkpoints_resumes_and_converter_refuses(tiny, tmp_path
         read_train_workdir(str(tmp_path))
 
 
+@pytest.mark.slow  # a bench subprocess; enable_compile_cache's checks are the fast part below (CI budget)
 def test_compile_cache_flag_fills_the_directory(tmp_path):
     from maskjax.train.compile_cache import enable_compile_cache
 
@@ -177,7 +178,7 @@ def test_compile_cache_flag_fills_the_directory(tmp_path):
             "--steps", "1", "--warmup", "0", "--synthetic-data", "--compile-cache", str(cache)]
     for item in ("model.variant=mu/4", "data.image_size=16", "model.decoder_width=32", "model.decoder_depth=1",
                  "model.decoder_heads=2"):
-        argv += ["--override", item]
+        argv.append(f"--config.{item}")
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "elsewhere"))
     subprocess.run(argv, check=True, env=env, cwd=REPO_ROOT, capture_output=True, timeout=300)
     assert any(cache.iterdir()) and not (tmp_path / "elsewhere").exists()

@@ -106,7 +106,10 @@ def test_exit_fast_on_error_multi_process_skips_exit_handlers():
     # wait for stuck peers) must not run; the traceback and a non-zero status come out at once.
     for body, status, text in (("raise ValueError('boom')", 1, "ValueError: boom"),
                                ("raise SystemExit('maskjax: bad config')", 1, "maskjax: bad config"),
-                               ("raise SystemExit(5)", 5, "")):
+                               ("raise SystemExit(5)", 5, ""),
+                               # A user error: its one line and status 2, no traceback.
+                               ("raise __import__('maskjax.errors').errors.ConfigError('bad value')", 2,
+                                "maskjax train: bad value")):
         code = ("import atexit; from jax._src import distributed as d\n"
                 "d.global_state.client, d.global_state.num_processes = object(), 2  # as if initialised\n"
                 "from maskjax.train.watchdog import exit_fast_on_error\n"

@@ -1,6 +1,6 @@
 """Fault trials: kill a tiny training run at random moments, resume it, compare with a straight run.
 
-  .venv/bin/python tools/fault_trials.py --trials 6 [--signals KILL,INT,TERM,INTx2] [--steps 8]
+  .venv/bin/python tools/fault_trials.py --trials 6 [--signals KILL,INT,TERM,INTx2] [--steps 8] [--extra FLAGS]
 
 Each trial starts ``python -m maskjax.train`` (the tiny MAE smoke config of tests/conftest.py on
 2 simulated CPU devices), sends a signal after a random delay within the straight run's wall
@@ -34,10 +34,13 @@ from tests.conftest import TINY_FLAGS  # noqa: E402  (the flags of the tiny test
 SIGNALS = {"KILL": signal.SIGKILL, "INT": signal.SIGINT, "TERM": signal.SIGTERM, "INTx2": signal.SIGINT}
 
 
+EXTRA_FLAGS: list[str] = []  # --extra: more training flags for every run (e.g. grain workers)
+
+
 def _cmd(workdir: str, steps: int, every: int) -> list[str]:
     return [sys.executable, "-m", "maskjax.train", f"--config={REPO_ROOT}/configs/mae/default.py:smoke",
             f"--workdir={workdir}", *TINY_FLAGS, f"--config.total_steps={steps}", "--config.log_every_steps=1",
-            f"--config.checkpoint.every_steps={every}", "--config.progress=false", "--skip_evals"]
+            f"--config.checkpoint.every_steps={every}", "--config.progress=false", "--skip_evals", *EXTRA_FLAGS]
 
 
 def _env() -> dict:
@@ -77,7 +80,7 @@ def trial(root: str, name: str, kind: str, delay: float, reference: dict, steps:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=600)
-    message = next((line for line in err.splitlines() if line.startswith("maskjax: interrupted")), "")
+    message = next((line for line in err.splitlines() if line.startswith("maskjax train: interrupted")), "")
     ckpts = sorted(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit()) \
         if os.path.isdir(os.path.join(workdir, "checkpoints")) else []
     expected = {"KILL": -9, "INT": 130, "TERM": 143, "INTx2": 130}[kind]
@@ -102,7 +105,7 @@ def trial(root: str, name: str, kind: str, delay: float, reference: dict, steps:
             "clean_exit": clean_exit, "ckpt_at_stop": ckpts[-1] if ckpts else None,
             "xla_abort": xla_abort, "resume_retries": retries,
             "resume_ok": resume.returncode == 0, "steps_once": once, "trajectory_equal": equal,
-            "message": message[len("maskjax: "):] if message else "",
+            "message": message[len("maskjax train: "):] if message else "",
             "resume_err": "" if resume.returncode == 0 else resume.stderr[-500:]}
 
 
@@ -115,7 +118,10 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=3, help="checkpoint.every_steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="keep the run folders")
+    parser.add_argument("--extra", default="", help="more training flags for every run, space-separated, e.g. "
+                        "'--config.data.num_workers=2' (signals while grain worker processes run)")
     args = parser.parse_args()
+    EXTRA_FLAGS.extend(args.extra.split())
     rng = random.Random(args.seed)
     root = tempfile.mkdtemp(prefix="fault_trials_")
     t0 = time.perf_counter()

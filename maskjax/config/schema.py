@@ -53,6 +53,7 @@ def core_config() -> ml_collections.ConfigDict:
         crop_pct=0.875,           # eval preprocessing: resize to size/crop_pct, center crop (1.0 for 32x32 data)
         num_workers=0,
         shuffle_seed=0,
+        max_bad_fraction=0.01,    # unreadable images are skipped (one warning each) up to this share, then DataError
     ))
     c.data.path = config_dict.placeholder(str)
     c.data.eval_path = config_dict.placeholder(str)
@@ -63,7 +64,9 @@ def core_config() -> ml_collections.ConfigDict:
     c.global_batch = 4096
     c.grad_accum = 1
     c.epochs = 800
-    c.total_steps = config_dict.placeholder(int)    # overrides epochs when set
+    # Overrides epochs when set. The schedule follows it: a warm-up given in epochs keeps its
+    # fraction warmup_epochs / epochs of the run (see maskjax.train.loop.schedule_steps).
+    c.total_steps = config_dict.placeholder(int)
 
     c.optim = ml_collections.ConfigDict(dict(
         name="adamw", base_lr=1.5e-4, lr_batch_denominator=256, b1=0.9, b2=0.95, eps=1e-8,
@@ -73,7 +76,8 @@ def core_config() -> ml_collections.ConfigDict:
     ))
     # lr = base_lr * global_batch / lr_batch_denominator; 0 uses base_lr as is (BERT recipes).
     c.optim.grad_clip = config_dict.placeholder(float)
-    c.optim.warmup_steps = config_dict.placeholder(int)  # overrides warmup_epochs when set
+    # Overrides warmup_epochs when set; a number of steps, unchanged by a total_steps override.
+    c.optim.warmup_steps = config_dict.placeholder(int)
 
     # FSDP by default: every device on "fsdp"; parameters sharded along "embed", batch over data x fsdp.
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))

@@ -19,6 +19,7 @@ import sys
 from typing import Sequence
 
 from maskjax.convert.common import ConversionError
+from maskjax.progress import phase
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,7 +123,9 @@ def _run(args) -> str:
 
     if os.path.exists(args.out) and not args.overwrite:
         raise FileExistsError(f"{args.out} already exists; pass --overwrite to replace it")
-    save_torch(maskjax_to_official(spec, params, extra), args.out, nest="model")
+    sd = maskjax_to_official(spec, params, extra)
+    with phase(f"writing {args.out}"):
+        save_torch(sd, args.out, nest="model")
     return f"wrote official-layout {spec.kind} {spec.variant} state dict to {args.out}"
 
 
@@ -173,7 +176,8 @@ def text_model_from_workdir(workdir: str, step: int | None = None):
     if config.method not in ("bert", "electra"):
         raise ConversionError(f"{workdir} trained method {config.method!r}; maskjax-to-hf-bert converts "
                               "'bert' and 'electra' runs (use maskjax-to-hf for MAE)")
-    model, _, _ = load_checkpoint_model(config, workdir, step)
+    with phase(f"reading the checkpoint of {workdir}"):
+        model, _, _ = load_checkpoint_model(config, workdir, step)
     return model
 
 
@@ -181,11 +185,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``maskjax convert``; ``argv`` excludes the program and ``convert``. Returns 0 on success."""
     args = build_parser().parse_args(argv)
     try:
-        message = _run(args)
+        # Reading, converting and writing each print a line (with the time) when they take a while;
+        # this one always does, so even a quick conversion says how long it took.
+        with phase(f"maskjax convert {args.command}", quiet_below=0):
+            message = _run(args)
     except (ConversionError, FileNotFoundError, FileExistsError, ImportError, ValueError) as e:
-        # Problems the user can act on: the message, not a traceback.
+        # Problems the user can act on: the message, not a traceback; status 2 as every maskjax command.
         print(f"maskjax convert {args.command}: error: {e}", file=sys.stderr)
-        return 1
+        return 2
     print(message)
     if args.command in ("mae-official", "hf-to-maskjax"):
         print(f"load it with: from maskjax.convert import load_converted; model = load_converted({args.out!r})")

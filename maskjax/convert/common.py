@@ -16,10 +16,12 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import jax
 import numpy as np
 
+from maskjax.errors import UserError
+
 Path = tuple[str, ...]
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
     """A checkpoint cannot be converted; the message names the offending key."""
 
 

@@ -39,6 +39,7 @@ from maskjax.convert.hf_bert_spec import (KINDS, SPEC_FILE, TextModelSpec, build
                                           text_rules)
 from maskjax.models.bert import BertEncoder, BertPretrainer, TextConfig
 from maskjax.models.electra import Electra, ElectraDiscriminator
+from maskjax.progress import phase
 
 __all__ = [
     "KINDS", "SPEC_FILE", "TextModelSpec", "bert_from_hf", "bert_to_hf", "build_module", "convert_hf_bert_checkpoint",
@@ -61,7 +62,8 @@ def read_hf(src: Any, config: Mapping | None = None) -> tuple[dict[str, np.ndarr
         if config is None and os.path.exists(os.path.join(folder, "config.json")):
             with open(os.path.join(folder, "config.json")) as f:
                 config = json.load(f)
-        sd = load_state_dict(src)
+        with phase(f"reading {src}"):
+            sd = load_state_dict(src)
     elif hasattr(src, "state_dict"):  # an in-memory transformers model
         config = config if config is not None else src.config.to_dict()
         sd = {k: v.detach().cpu().float().numpy() if v.is_floating_point() else v.cpu().numpy()
@@ -252,7 +254,8 @@ def _write(out_dir: str, sd: Mapping, config: Mapping, overwrite: bool) -> str:
     if os.path.exists(weights) and not overwrite:
         raise FileExistsError(f"{weights} already exists; choose another output directory or pass overwrite=True")
     os.makedirs(out_dir, exist_ok=True)
-    save_safetensors(sd, weights)
+    with phase(f"writing {weights}"):
+        save_safetensors(sd, weights)
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(dict(config), f, indent=2, sort_keys=True)
     return out_dir
@@ -284,10 +287,12 @@ def save_text_converted(out_dir: str, spec: TextModelSpec, params: Mapping, *, o
         raise FileExistsError(f"{target} already exists; choose another output directory or pass --overwrite")
     flat = check_params(spec, params)  # refuse to write what the spec cannot load
     os.makedirs(out_dir, exist_ok=True)
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(target, {"params": unflatten({k: jnp.asarray(v) for k, v in flat.items()})}, force=overwrite)
-    checkpointer.wait_until_finished()
-    checkpointer.close()
+    with phase(f"writing {target}"):
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(target, {"params": unflatten({k: jnp.asarray(v) for k, v in flat.items()})},
+                          force=overwrite)
+        checkpointer.wait_until_finished()
+        checkpointer.close()
     with open(os.path.join(out_dir, SPEC_FILE), "w") as f:
         f.write(spec.to_json() + "\n")
     return out_dir
@@ -306,9 +311,10 @@ def load_text_converted(path: str, **kwargs: Any) -> tuple[nnx.Module, TextModel
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = {"params": unflatten({k: jax.ShapeDtypeStruct(s, np.float32, sharding=device)
                                    for k, s in layout(spec).items()})}
-    checkpointer = ocp.StandardCheckpointer()
-    tree = checkpointer.restore(os.path.join(os.path.abspath(path), "variables"), target)
-    checkpointer.close()
+    with phase(f"reading {path}"):
+        checkpointer = ocp.StandardCheckpointer()
+        tree = checkpointer.restore(os.path.join(os.path.abspath(path), "variables"), target)
+        checkpointer.close()
     return build_module(spec, tree["params"], **kwargs), spec
 
 

@@ -42,6 +42,7 @@ from maskjax.convert.mae_official import size_name
 from maskjax.models.layers import LN_EPS
 from maskjax.models.video_layers import sinusoid_table
 from maskjax.models.vit import parse_variant
+from maskjax.progress import phase
 
 SPEC_FILE = "maskjax_video_model.json"
 VARIABLES_DIR = "variables"
@@ -329,7 +330,8 @@ def save_hf_videomae(out_dir: str, spec: VideoModelSpec, params: Mapping, extra:
         raise FileExistsError(f"{weights} already exists; choose another output directory or pass --overwrite")
     sd, config = maskjax_to_hf_videomae(spec, params, extra)
     os.makedirs(out_dir, exist_ok=True)
-    save_safetensors(sd, weights)
+    with phase(f"writing {weights}"):
+        save_safetensors(sd, weights)
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(config, f, indent=2, sort_keys=True)
     s = spec.image_size
@@ -358,10 +360,11 @@ def save_video_converted(out_dir: str, spec: VideoModelSpec, params: Mapping, ex
     os.makedirs(out_dir, exist_ok=True)
     tree = {"params": jax.tree.map(jax.numpy.asarray, dict(params)),
             "extra": jax.tree.map(jax.numpy.asarray, dict(extra))}
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(target, tree, force=overwrite)
-    checkpointer.wait_until_finished()
-    checkpointer.close()
+    with phase(f"writing {target}"):
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(target, tree, force=overwrite)
+        checkpointer.wait_until_finished()
+        checkpointer.close()
     with open(os.path.join(out_dir, SPEC_FILE), "w") as f:
         f.write(spec.to_json() + "\n")
     return out_dir
@@ -400,9 +403,10 @@ def load_video_converted_variables(path: str) -> tuple[VideoModelSpec, dict, dic
                                 "checkpoint first with `maskjax convert hf-videomae-to-maskjax`")
     with open(file) as f:
         spec = VideoModelSpec.from_dict(json.load(f))
-    checkpointer = ocp.StandardCheckpointer()
-    tree = checkpointer.restore(os.path.join(path, VARIABLES_DIR), _abstract_target(spec))
-    checkpointer.close()
+    with phase(f"reading {path}"):
+        checkpointer = ocp.StandardCheckpointer()
+        tree = checkpointer.restore(os.path.join(path, VARIABLES_DIR), _abstract_target(spec))
+        checkpointer.close()
     return spec, tree["params"], tree["extra"]
 
 
@@ -456,8 +460,9 @@ def read_videomae_workdir(workdir: str, step: int | None = None) -> tuple[VideoM
     target = _abstract_target(spec)
     restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding, global_shape=s.shape,
                                                                 dtype=s.dtype), target)
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item=target, restore_args=restore_args, partial_restore=True)))["state"]
+    with phase(f"reading step {step} of {workdir}"):
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item=target, restore_args=restore_args, partial_restore=True)))["state"]
     manager.close()
     spec.source += f" step {step}"
     return spec, restored["params"], restored["extra"]
@@ -474,7 +479,8 @@ def load_hf_videomae(path: str) -> tuple[dict[str, np.ndarray], dict | None]:
     if os.path.exists(config_file):
         with open(config_file) as f:
             config = json.load(f)
-    return load_state_dict(path), config
+    with phase(f"reading {path}"):
+        return load_state_dict(path), config
 
 
 def convert_hf_videomae_checkpoint(in_path: str, out_dir: str, *, overwrite: bool = False,

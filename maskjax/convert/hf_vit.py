@@ -34,6 +34,7 @@ from maskjax.convert.mae_official import size_name
 from maskjax.convert.store import ModelSpec, join_variables, layout, save_converted, split_variables
 from maskjax.models.layers import LN_EPS
 from maskjax.models.vit import parse_variant
+from maskjax.progress import phase
 
 ARCHITECTURES = {"ViTMAEForPreTraining": "mae", "ViTForImageClassification": "classifier",
                  "ViTModel": "encoder", "ViTMAEModel": "encoder"}
@@ -261,7 +262,8 @@ def save_hf(out_dir: str, spec: ModelSpec, params: Mapping, extra: Mapping, *, o
         raise FileExistsError(f"{weights} already exists; choose another output directory or pass --overwrite")
     sd, config = maskjax_to_hf(spec, params, extra)
     os.makedirs(out_dir, exist_ok=True)
-    save_safetensors(sd, weights)
+    with phase(f"writing {weights}"):
+        save_safetensors(sd, weights)
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(config, f, indent=2, sort_keys=True)
     # maskjax models take ImageNet-normalised pixels, as MAE's: tell HF's image processor so.
@@ -283,7 +285,8 @@ def load_hf(path: str) -> tuple[dict[str, np.ndarray], dict | None]:
     if os.path.exists(config_file):
         with open(config_file) as f:
             config = json.load(f)
-    return load_state_dict(path), config
+    with phase(f"reading {path}"):
+        return load_state_dict(path), config
 
 
 def convert_hf_checkpoint(in_path: str, out_dir: str, *, overwrite: bool = False, **kwargs: Any) -> ModelSpec:

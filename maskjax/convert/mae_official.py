@@ -30,6 +30,7 @@ from maskjax.convert.common import (ArchitectureMismatchError, ConversionError, 
                                     conv_patch_rule, copy_rule, invert_rules, linear_rule)
 from maskjax.convert.store import ModelSpec, layout, save_converted, split_variables, join_variables
 from maskjax.models.vit import VIT_SIZES, parse_variant
+from maskjax.progress import phase
 
 OFFICIAL_KINDS = {"pretrain": "encoder", "visualize": "mae", "finetuned": "classifier"}
 OFFICIAL_DECODER_HEADS = 16
@@ -194,7 +195,8 @@ def convert_official_checkpoint(in_path: str, out_dir: str, *, overwrite: bool =
 
     from maskjax.convert.torch_io import load_state_dict
 
-    sd = load_state_dict(in_path)
+    with phase(f"reading {in_path}"):
+        sd = load_state_dict(in_path)
     kwargs.setdefault("source", f"official MAE checkpoint {os.path.basename(in_path)}")
     spec, params, extra = official_to_maskjax(sd, **kwargs)
     save_converted(out_dir, spec, params, extra, overwrite=overwrite)

@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 
 from maskjax.convert.common import ConversionError, JsonSpec, Path, flatten, fmt_path, unflatten
+from maskjax.progress import phase
 
 SPEC_FILE = "maskjax_model.json"
 VARIABLES_DIR = "variables"
@@ -160,10 +161,11 @@ def save_converted(out_dir: str, spec: ModelSpec, params: Mapping, extra: Mappin
     os.makedirs(out_dir, exist_ok=True)
     tree = {"params": jax.tree.map(jax.numpy.asarray, dict(params)),
             "extra": jax.tree.map(jax.numpy.asarray, dict(extra))}
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(target, tree, force=overwrite)
-    checkpointer.wait_until_finished()
-    checkpointer.close()
+    with phase(f"writing {target}"):
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(target, tree, force=overwrite)
+        checkpointer.wait_until_finished()
+        checkpointer.close()
     with open(os.path.join(out_dir, SPEC_FILE), "w") as f:
         f.write(spec.to_json() + "\n")
     return out_dir
@@ -193,9 +195,10 @@ def load_converted_variables(path: str) -> tuple[ModelSpec, dict, dict]:
 
     path = os.path.abspath(path)
     spec = read_spec(path)
-    checkpointer = ocp.StandardCheckpointer()
-    tree = checkpointer.restore(os.path.join(path, VARIABLES_DIR), _abstract_target(spec))
-    checkpointer.close()
+    with phase(f"reading {path}"):
+        checkpointer = ocp.StandardCheckpointer()
+        tree = checkpointer.restore(os.path.join(path, VARIABLES_DIR), _abstract_target(spec))
+        checkpointer.close()
     return spec, tree["params"], tree["extra"]
 
 
@@ -242,8 +245,9 @@ def read_train_workdir(workdir: str, step: int | None = None) -> tuple[ModelSpec
     target = _abstract_target(spec)
     restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding, global_shape=s.shape,
                                                                 dtype=s.dtype), target)
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item=target, restore_args=restore_args, partial_restore=True)))["state"]
+    with phase(f"reading step {step} of {workdir}"):
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item=target, restore_args=restore_args, partial_restore=True)))["state"]
     manager.close()
     spec.source += f" step {step}"
     return spec, restored["params"], restored["extra"]

@@ -96,35 +96,66 @@ def find_weights_file(path: str) -> str:
     return path
 
 
+def _unreadable(path: str, what: str, error: BaseException) -> ConversionError:
+    """The one-line error for a weights file its reader cannot parse (empty, truncated, not that format)."""
+    lines = str(error).strip().splitlines()
+    # First sentence only: torch's zip-reader message goes on for several more about corruption.
+    said = f"{type(error).__name__}: {lines[0].split('. ')[0][:200]}" if lines else type(error).__name__
+    return ConversionError(f"cannot read {path} ({os.path.getsize(path)} bytes) as {what}: the file is "
+                           f"truncated, corrupt or not that format ({said}); download or save it again")
+
+
+def _refuse_empty(path: str) -> None:
+    # Both readers fail on an empty file with a message that does not say so (EOFError, "header
+    # too small"); an interrupted download is the usual cause.
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise ConversionError(f"{path} is empty (0 bytes); download or save it again")
+
+
 def load_state_dict(path: str) -> dict[str, np.ndarray]:
     """Reads a state dict as ``{key: float32 numpy array}`` from a file or an HF model folder.
 
     Unwraps ``{"model": state_dict}`` (official MAE) and DDP's ``module.`` prefix. Raises
-    :class:`UnsafeCheckpointError` for pickles that need more than tensors and containers.
+    :class:`UnsafeCheckpointError` for pickles that need more than tensors and containers, and
+    :class:`~maskjax.convert.common.ConversionError` naming the file for an empty, truncated or
+    otherwise unreadable one (instead of the reader's traceback).
     """
     path = find_weights_file(path)
     if path.endswith(".safetensors"):
         st = require_safetensors()
+        _refuse_empty(path)
         try:
             sd = st.load_file(path)
         except (TypeError, ValueError):  # e.g. bfloat16, which numpy cannot hold: go through torch
             import safetensors.torch
 
             require_torch()
-            sd = {k: _to_numpy(v, k) for k, v in safetensors.torch.load_file(path).items()}
+            try:
+                sd = {k: _to_numpy(v, k) for k, v in safetensors.torch.load_file(path).items()}
+            except ConversionError:
+                raise
+            except Exception as e:  # noqa: BLE001 - safetensors' errors carry no common base
+                raise _unreadable(path, "a safetensors file", e) from e
+        except Exception as e:  # noqa: BLE001 - SafetensorError (bad header, truncated data), OSError
+            raise _unreadable(path, "a safetensors file", e) from e
         return _strip_prefix({k: np.asarray(v, dtype=np.float32) if v.dtype.kind == "f" else v
                               for k, v in sd.items()})
-    torch = require_torch()
+    torch = require_torch()  # first: a missing dependency is the problem to report, whatever the file
+    _refuse_empty(path)
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if "weights only load failed" not in str(e).lower():  # a broken pickle stream, not a refused class
+            raise _unreadable(path, "a PyTorch checkpoint", e) from e
         raise UnsafeCheckpointError(
             f"refused to load {path}: it contains objects other than tensors and plain containers, "
             f"and unpickling them could run arbitrary code. maskjax only loads with "
             f"torch.load(weights_only=True). If you trust the file, re-save just its state dict "
             f"yourself (torch.save(torch.load(path, weights_only=False)['model'], 'clean.pth')), or "
             f"use a .safetensors file. PyTorch said: {str(e).splitlines()[-1][:300]}") from e
+    except Exception as e:  # noqa: BLE001 - EOFError, RuntimeError (zip reader), KeyError/IndexError (garbage)
+        raise _unreadable(path, "a PyTorch checkpoint", e) from e
     sd = _unwrap(obj, path)
     return _strip_prefix({str(k): _to_numpy(v, str(k)) for k, v in sd.items()})
 

@@ -28,7 +28,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from maskjax.core.fingerprint import ALGORITHM, leaf_names, state_fingerprint, text_digest
-from maskjax.errors import NoUsableCheckpoint, NonFiniteLoss
+from maskjax.errors import NoUsableCheckpoint, NonFiniteLoss, UserError
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 _TMP_MARK = ".orbax-checkpoint-tmp"
 
 
-class DataStateMismatch(RuntimeError):
+class DataStateMismatch(UserError, RuntimeError):
     """The saved data-iterator state cannot be restored exactly in this run."""
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pathlib
 
+from maskjax.data.bad_records import bad_record_count, records_read_count
 from maskjax.data.convert import convert_image_folder
 from maskjax.data.pipeline import make_image_pipeline, take_arrays, to_global_batch
 from maskjax.data.sources import (
@@ -43,10 +44,12 @@ __all__ = [
     "RandomResizedCrop",
     "ResizeCenterCrop",
     "TfdsImageSource",
+    "bad_record_count",
     "convert_image_folder",
     "embedded_cifar10_path",
     "make_image_pipeline",
     "open_image_source",
+    "records_read_count",
     "take_arrays",
     "to_global_batch",
 ]

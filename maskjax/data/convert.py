@@ -32,6 +32,7 @@ from maskjax.data.image_records import (  # noqa: F401
     decode_record,
     encode_record,
 )
+from maskjax.progress import progress
 
 
 def _shard_name(i: int, n: int) -> str:
@@ -71,9 +72,11 @@ def convert_image_folder(
         os.remove(meta_path)
     shards = [_shard_name(i, num_shards) for i in range(num_shards)]
     counts = []
+    bar = progress(total=n, desc="convert images", unit="img")
     for s, shard in enumerate(shards):
         # Contiguous runs keep the global order across shards; sizes differ by at most one.
         start, stop = s * n // num_shards, (s + 1) * n // num_shards
+        bar.set_postfix_str(f"shard {s + 1}/{num_shards}")
         # group_size:1 makes every record its own chunk, so a random read decodes one record
         # (specs/jax_ecosystem.md gotcha G5).
         writer = array_record_module.ArrayRecordWriter(os.path.join(out_dir, shard), "group_size:1")
@@ -81,9 +84,13 @@ def convert_image_folder(
             for i in range(start, stop):
                 item = source[i]
                 writer.write(encode_record(item["label"], item["image"]))
+                if (i - start) % 64 == 63:  # batched: an image can take microseconds to copy
+                    bar.update(64)
         finally:
             writer.close()
         counts.append(stop - start)
+        bar.update((stop - start) % 64)  # the rest of this shard
+    bar.close()
     meta = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,

@@ -118,12 +118,14 @@ class ImageModality(Modality):
 
     def make_pipeline(self, config, source, *, train: bool):
         """MAE pre-training augmentation on the training split (``data.augment``)."""
+        from maskjax.data.bad_records import DEFAULT_MAX_BAD_FRACTION
         from maskjax.data.pipeline import make_image_pipeline
 
         d = config.data
         return make_image_pipeline(source, global_batch=config.global_batch, image_size=d.image_size,
                                    train=train, seed=d.shuffle_seed, augment=d.augment if train else "none",
-                                   num_workers=d.num_workers, crop_pct=d.crop_pct)
+                                   num_workers=d.num_workers, crop_pct=d.crop_pct,
+                                   max_bad_fraction=d.get("max_bad_fraction", DEFAULT_MAX_BAD_FRACTION))
 
     def batch_spec(self, config) -> dict:
         """``image`` f32[B, S, S, C] and ``label`` i32[B]."""
@@ -141,7 +143,11 @@ class ImageModality(Modality):
         return take_arrays(source, indices, config.data.image_size, crop_pct=config.data.crop_pct)
 
     def check(self, config, errors: list[str]) -> None:
-        """Paths exist for folder/array_record data; a dataset name for TFDS."""
+        """Paths exist (and a folder path is a directory or tar) for folder/array_record data; a
+        dataset name for TFDS; a known ``data.augment``; ``data.max_bad_fraction`` in [0, 1]."""
+        from maskjax.data.pipeline import AUGMENTATIONS
+        from maskjax.data.sources import _TAR_SUFFIXES
+
         data = config.data
         if data.kind in ("folder", "array_record"):
             for field in ("path", "eval_path"):
@@ -150,8 +156,18 @@ class ImageModality(Modality):
                     errors.append(f"data.path is not set (data.kind={data.kind!r} reads images from it)")
                 elif path and not os.path.exists(path):
                     errors.append(f"data.{field} {path!r} does not exist")
+                elif (path and data.kind == "folder" and os.path.isfile(path)
+                      and not path.lower().endswith(_TAR_SUFFIXES)):
+                    errors.append(f"data.{field} {path!r} is a file but not a tar archive; data.kind='folder' "
+                                  f"reads a directory of <class>/<file> images or a {'/'.join(_TAR_SUFFIXES)}")
         elif data.kind == "tfds":
             if not data.get("name"):
                 errors.append("data.name is not set (data.kind='tfds' needs a TFDS dataset name)")
         else:
             errors.append(f"unknown data.kind {data.kind!r} for images; use one of {IMAGE_KINDS}")
+        if data.get("augment", "mae") not in AUGMENTATIONS:
+            errors.append(f"unknown data.augment {data.augment!r} for images; use one of {AUGMENTATIONS}")
+        fraction = data.get("max_bad_fraction", 0.0)
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
+            errors.append(f"data.max_bad_fraction must be a number in [0, 1] (the share of unreadable images "
+                          f"to skip before stopping), got {fraction!r}")

@@ -22,6 +22,7 @@ import grain
 import jax
 import numpy as np
 
+from maskjax.data.bad_records import DEFAULT_MAX_BAD_FRACTION, SkipBadRecords
 from maskjax.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -31,6 +32,7 @@ from maskjax.data.transforms import (
     RandomResizedCrop,
     ResizeCenterCrop,
 )
+from maskjax.errors import ConfigError, DataError
 
 AUGMENTATIONS = ("mae", "probe", "finetune", "none")
 # MAE pre-training crops 20%..100% of the image area.
@@ -96,6 +98,7 @@ def make_image_pipeline(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     read_options: grain.ReadOptions | None = None,
+    max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
 ) -> grain.IterDataset:
     """Builds this process's pipeline of ``{"image": f32[b,H,W,3], "label": i32[b]}`` batches.
 
@@ -126,12 +129,18 @@ def make_image_pipeline(
         for images already at ``image_size``, e.g. CIFAR-10 at 32).
       mean, std: normalization constants (ImageNet by default, as MAE).
       read_options: grain read threads / buffer; defaults to 4 threads, 64 elements ahead.
+      max_bad_fraction: images that do not decode are skipped (one warning each, replaced by the
+        next readable one) until they exceed this share of the images read; then
+        :class:`~maskjax.errors.DataError` (``maskjax.data.bad_records``).
 
     Returns:
       A ``grain.IterDataset``; ``iter()`` gives a checkpointable iterator (module docstring).
     """
     if augment not in AUGMENTATIONS:
-        raise ValueError(f"unknown augment {augment!r}; expected one of {', '.join(AUGMENTATIONS)}")
+        raise ConfigError(f"unknown augment {augment!r}; expected one of {', '.join(AUGMENTATIONS)}")
+    # Decoding happens where each image is read, so a corrupt file is skipped at its index, with
+    # its path, instead of failing the run steps later with PIL's traceback.
+    source = SkipBadRecords(source, DecodeImage().map, max_bad_fraction=max_bad_fraction)
     ds, process_index, per_process_batch = process_shard(
         source, global_batch=global_batch, seed=seed, process_index=process_index,
         process_count=process_count, num_epochs=num_epochs, num_workers=num_workers,
@@ -140,7 +149,6 @@ def make_image_pipeline(
         # Explicit per-process seed: the index-based shuffle is reseeded with (seed + epoch) once
         # repeat() feeds it indices past the first epoch.
         ds = ds.shuffle(seed=_process_seed(seed, process_index, 0))
-    ds = ds.map(DecodeImage())
     transforms = train_augmentation(augment, image_size) if train else []
     if not transforms:
         ds = ds.map(ResizeCenterCrop(image_size, crop_pct=crop_pct))
@@ -184,7 +192,7 @@ def process_shard(source, *, global_batch: int, seed: int, process_index: int | 
         ds = ds[: len(ds) // process_count * process_count]
     ds = ds[process_index::process_count]
     if len(ds) < per_process_batch and drop_remainder:
-        raise ValueError(
+        raise DataError(
             f"process {process_index} has {len(ds)} {unit}, fewer than its batch "
             f"{per_process_batch}; with drop_remainder=True it would yield no batches")
     return ds, process_index, per_process_batch
@@ -231,14 +239,16 @@ def take_arrays(
     """Eagerly loads ``source[indices]`` with eval preprocessing (small subsets only).
 
     Returns ``(images f32[n, image_size, image_size, 3] normalized, labels i32[n])``; used for
-    linear probes and reconstruction figures. ``crop_pct`` as in `make_image_pipeline`.
+    linear probes and reconstruction figures. ``crop_pct`` as in `make_image_pipeline`. An image
+    that does not decode is replaced by the next readable one, as in the pipeline.
     """
-    decode, crop, normalize = DecodeImage(), ResizeCenterCrop(image_size, crop_pct), Normalize(mean, std)
+    crop, normalize = ResizeCenterCrop(image_size, crop_pct), Normalize(mean, std)
+    source = SkipBadRecords(source, DecodeImage().map)
     indices = [int(i) for i in indices]
     images = np.zeros((len(indices), image_size, image_size, 3), np.float32)
     labels = np.zeros((len(indices),), np.int32)
     for row, index in enumerate(indices):
-        item = normalize.map(crop.map(decode.map(source[index])))
+        item = normalize.map(crop.map(source[index]))
         images[row] = item["image"]
         labels[row] = item["label"]
     return images, labels

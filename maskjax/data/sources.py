@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import tarfile
 import threading
 from typing import Any, Sequence
@@ -22,10 +23,18 @@ from typing import Any, Sequence
 import numpy as np
 
 from maskjax.data.transforms import to_rgb_uint8
+from maskjax.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 _COMPRESSED_TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 _TAR_SUFFIXES = (".tar",) + _COMPRESSED_TAR_SUFFIXES
+
+
+class DataNotFound(DataError, FileNotFoundError):
+    """A data path does not exist (a :class:`DataError` that is also a ``FileNotFoundError``)."""
+
+
+_LAYOUT = "[<prefix>/]<class>/<file>"
 
 
 def _is_image_path(rel: str) -> bool:
@@ -43,14 +52,14 @@ def _is_tar_path(path: str) -> bool:
 def _select(rel_paths: Sequence[str], split: str | None, where: str) -> list[tuple[str, str]]:
     """Filters relative posix paths to ``(path, class_name)`` pairs, applying ``split``.
 
-    Raises ValueError naming ``where`` when ``split`` does not exist or nothing is left.
+    Raises DataError (a ValueError) naming ``where`` when ``split`` does not exist or nothing is left.
     """
     rel_paths = [p.strip("/") for p in rel_paths]
     if split is not None:
         split = split.strip("/")
         top_level = sorted({p.split("/")[0] for p in rel_paths if "/" in p})
         if rel_paths and split not in top_level:
-            raise ValueError(
+            raise DataError(
                 f"split folder {split!r} not found in {where}; "
                 f"top-level folders: {', '.join(top_level) or '(none)'}"
             )
@@ -64,8 +73,10 @@ def _select(rel_paths: Sequence[str], split: str | None, where: str) -> list[tup
             selected.append((rel, parts[-2]))
     if not selected:
         what = f"{where} (split {split!r})" if split is not None else where
-        raise ValueError(
-            f"no images found in {what}; expected [<prefix>/]<class>/<file> with one of the "
+        found = (f"{len(rel_paths)} file{'s' * (len(rel_paths) != 1)}, none an image inside a class folder"
+                 if rel_paths else "no files at all")
+        raise DataError(
+            f"no images found in {what}: {found}; expected {_LAYOUT} with one of the "
             f"extensions {', '.join(IMAGE_EXTENSIONS)}"
         )
     return selected
@@ -98,11 +109,11 @@ class ImageFolderSource:
         self.path = os.fspath(path)
         self.split = split
         if not os.path.exists(self.path):
-            raise FileNotFoundError(f"image folder or archive not found: {self.path}")
+            raise DataNotFound(f"image folder or archive not found: {self.path}")
         self._is_dir = os.path.isdir(self.path)
         self._compressed = not self._is_dir and self.path.lower().endswith(_COMPRESSED_TAR_SUFFIXES)
         if not self._is_dir and not _is_tar_path(self.path):
-            raise ValueError(
+            raise DataError(
                 f"{self.path} is neither a directory nor a tar archive "
                 f"(expected one of {', '.join(_TAR_SUFFIXES)})"
             )
@@ -137,8 +148,11 @@ class ImageFolderSource:
         if split is not None:
             start = root / split.strip("/")
             if not start.is_dir():
+                if not any(root.iterdir()):
+                    raise DataError(f"image folder {self.path} is empty; expected {_LAYOUT} images "
+                                    f"under its split folder {split.strip('/')!r}/")
                 top_level = sorted(p.name for p in root.iterdir() if p.is_dir())
-                raise ValueError(
+                raise DataError(
                     f"split folder {split!r} not found in {self.path}; "
                     f"top-level folders: {', '.join(top_level) or '(none)'}"
                 )
@@ -151,6 +165,19 @@ class ImageFolderSource:
 
     def _scan_tar(self) -> dict[str, Any]:
         """Maps member name -> (data offset, size) for a plain tar, or -> bytes if compressed."""
+        try:
+            return self._scan_tar_members()
+        except Exception as e:  # noqa: BLE001 - tarfile, gzip, zlib, lzma, EOF: all mean "not a readable tar"
+            lines = str(e).strip().splitlines()
+            # tarfile's "file could not be opened successfully" lists one line per method tried;
+            # the last (plain tar) is the informative one.
+            last = lines[-1].lstrip("- ") if lines else type(e).__name__
+            quoted = re.fullmatch(r"method \w+: \w+\((['\"])(.*)\1\)", last)
+            reason = quoted.group(2) if quoted else last
+            raise DataError(f"{self.path} is not a readable tar archive ({reason}); expected a .tar / .tar.gz "
+                            f"of {_LAYOUT} images") from e
+
+    def _scan_tar_members(self) -> dict[str, Any]:
         locations: dict[str, Any] = {}
         with tarfile.open(self.path, mode="r:*") as tar:
             for member in tar:
@@ -169,6 +196,11 @@ class ImageFolderSource:
 
     def __len__(self) -> int:
         return len(self._paths)
+
+    def record_name(self, index: int) -> str:
+        """Where item ``index`` lives: its file path, or ``archive.tar:member`` (for messages)."""
+        rel = self._paths[index]
+        return os.path.join(self.path, rel) if self._is_dir else f"{self.path}:{rel}"
 
     @property
     def labels(self) -> np.ndarray:
@@ -264,10 +296,10 @@ class ArrayRecordImageSource:
 
         path = os.fspath(path_or_dir)
         if not os.path.exists(path):
-            raise FileNotFoundError(f"ArrayRecord dataset not found: {path}")
+            raise DataNotFound(f"ArrayRecord dataset not found: {path}")
         meta_path = path if os.path.isfile(path) else os.path.join(path, image_records.METADATA_FILE)
         if not os.path.isfile(meta_path):
-            raise FileNotFoundError(
+            raise DataNotFound(
                 f"no {image_records.METADATA_FILE} in {path}; expected a directory written by "
                 "`maskjax convert-images`"
             )
@@ -295,6 +327,10 @@ class ArrayRecordImageSource:
     def __getitem__(self, index: int) -> dict[str, Any]:
         label, image = self._decode(self._source[int(index)])
         return {"image": image, "label": label}
+
+    def record_name(self, index: int) -> str:
+        """``<dir> record <index>`` (for messages about an unreadable record)."""
+        return f"{self.path} record {index}"
 
     def __repr__(self) -> str:
         return f"ArrayRecordImageSource(path={self.path!r}, num_images={len(self)})"
@@ -364,6 +400,10 @@ class TfdsImageSource:
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self._convert(self._source[int(index)])
 
+    def record_name(self, index: int) -> str:
+        """``tfds <name> <split> record <index>`` (for messages about an unreadable record)."""
+        return f"tfds {self.name} {self.split} record {index}"
+
     def __repr__(self) -> str:
         return f"TfdsImageSource(name={self.name!r}, split={self.split!r}, num_images={len(self)})"
 
@@ -420,6 +460,12 @@ class SubsetSource:
 
     def __getitem__(self, i: int):
         return self.source[int(self.indices[i])]
+
+    def record_name(self, i: int) -> str:
+        """The wrapped source's name of item ``i`` (for messages about an unreadable record)."""
+        from maskjax.data.bad_records import describe_record
+
+        return describe_record(self.source, int(self.indices[i]))
 
 
 def maybe_subset(source, n: int | None, seed: int):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
+
+from maskjax.errors import UsageError
 
 
 def restore_model(config, workdir: str, step: int | None = None, mesh=None, rules=None):
@@ -25,10 +26,11 @@ def restore_model(config, workdir: str, step: int | None = None, mesh=None, rule
     from maskjax.core.checkpoint import Checkpointer
     from maskjax.core.state import ModelTemplate, abstract_state
 
+    require_run(workdir)  # Checkpointer would create the folder of a mistyped workdir
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
     step = ckpt.latest_step() if step is None else step
     if step is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
+        raise UsageError(f"no finished checkpoint in {workdir}/checkpoints")
     method = make_method(config)
     template = ModelTemplate.from_builder(method.build)
     # The optimizer only shapes the restore target; its hyper-parameters do not matter here.
@@ -51,30 +53,61 @@ def load_checkpoint_model(config, workdir: str, step: int | None = None):
     return model, step, method
 
 
+EVAL_DESCRIPTION = """Runs evaluators on a trained checkpoint (the newest, or --step N) and prints their metrics.
+Records go to WORKDIR/eval_results.jsonl.
+
+examples:
+  maskjax eval --config configs/mae/default.py --workdir runs/default
+  maskjax eval --config configs/mae/default.py --workdir runs/default --evals probe,knn
+"""
+
+
+def resolve_evals(config, requested: str | None) -> list[str]:
+    """``config.evals`` entries named by ``--evals`` (comma-separated entry names or evaluator types).
+
+    An entry name selects that entry; an evaluator type selects every entry of that type, or, if
+    the config has none, a new entry of that type with the evaluator's default options. Unknown
+    names raise :class:`~maskjax.errors.UsageError` listing both kinds.
+    """
+    from maskjax.eval.registry import known_evaluators
+
+    if not requested:
+        return list(config.evals)
+    names: list[str] = []
+    for item in filter(None, (x.strip() for x in requested.split(","))):
+        if item in config.evals:
+            names.append(item)
+            continue
+        of_type = [n for n, options in config.evals.items() if options.get("type") == item]
+        if of_type:
+            names += of_type
+        elif item in known_evaluators():
+            with config.unlocked():
+                config.evals[item] = {"type": item}
+            names.append(item)
+        else:
+            raise UsageError(f"--evals {item!r}: neither an entry of config.evals ({sorted(config.evals)}) nor an "
+                             f"evaluator type ({known_evaluators()})")
+    return list(dict.fromkeys(names))
+
+
 def eval_main(argv: list[str]) -> int:
-    """``maskjax eval --config FILE[:arg] --workdir DIR [--evals a,b] [--step N] [--override k=v ...]``."""
-    parser = argparse.ArgumentParser(prog="maskjax eval", description=eval_main.__doc__)
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--workdir", required=True)
-    parser.add_argument("--evals", default=None, help="comma-separated evaluator names (default: all in config.evals)")
-    parser.add_argument("--step", type=int, default=None)
-    parser.add_argument("--override", action="append", default=[], help="config override key=value (repeatable)")
-    args = parser.parse_args(argv)
-    from maskjax.config import apply_overrides, load_config
+    """``maskjax eval --config FILE[:arg] --workdir DIR [--evals a,b] [--step N] [--config.X=V ...]``."""
+    from maskjax.config.commandline import ConfigArgumentParser
+
+    parser = ConfigArgumentParser(prog="maskjax eval", description=EVAL_DESCRIPTION)
+    parser.add_argument("--workdir", required=True, help="the run's directory (holds checkpoints/)")
+    parser.add_argument("--evals", default=None, help="comma-separated config.evals entry names or evaluator types "
+                        "(default: every entry of config.evals)")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
+    args = parser.parse_config_args(argv)
+    config = args.config
+    # Before anything else: a mistyped workdir must be an error that creates nothing.
+    require_run(args.workdir)
     from maskjax.data.modalities import get_modality
     from maskjax.eval.registry import EvalContext, run_evaluators
 
-    config = load_config(args.config)
-    overrides = {}
-    for item in args.override:
-        key, _, value = item.partition("=")
-        overrides[key] = type(_lookup(config, key))(value) if _lookup(config, key) is not None else value
-    apply_overrides(config, overrides)
-    names = args.evals.split(",") if args.evals else list(config.evals)
-    unknown = [n for n in names if n not in config.evals]
-    if unknown:
-        print(f"maskjax eval: {unknown} not in config.evals ({sorted(config.evals)})", file=sys.stderr)
-        return 2
+    names = resolve_evals(config, args.evals)
     model, step, method, mesh, rules = restore_model(config, args.workdir, args.step)
     modality = get_modality(method.modality)
     context = EvalContext(config=config, workdir=args.workdir, step=step, method=method,
@@ -82,15 +115,17 @@ def eval_main(argv: list[str]) -> int:
                           eval_source=modality.open_source(config, "eval"), final=True, mesh=mesh, rules=rules)
     results = run_evaluators(model, context, names)
     for key, value in sorted(results.items()):
-        print(f"{key}: {value:.4f}")
+        print(f"{key}: {value:.4g}")
     return 0
 
 
-def _lookup(config, dotted: str):
-    node = config
-    for part in dotted.split("."):
-        node = node[part]
-    return node
+def require_run(workdir: str) -> None:
+    """Raises :class:`~maskjax.errors.UsageError` unless ``workdir`` holds a checkpoints folder."""
+    if not os.path.isdir(workdir):
+        raise UsageError(f"workdir {workdir!r} does not exist (nothing was created); give the --workdir of a "
+                         f"trained run")
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise UsageError(f"workdir {workdir!r} holds no checkpoints/ folder: no run has saved there")
 
 
 def plot_main(argv: list[str]) -> int:

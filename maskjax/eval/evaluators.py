@@ -5,7 +5,7 @@ The probe and kNN use only the method contract: examples come from the method's 
 (``Modality.take_examples``) and features from ``method.features(model, inputs, pool=...)``, run
 as a sharded jit on the model's own (sharded) arrays (:mod:`maskjax.eval.features`). So one
 ``feature_probe`` and one ``knn`` serve MAE, VideoMAE, MAE-ST, AudioMAE and the text methods.
-``quick_probe`` is the same probe under the name (and example-count defaults) the image configs use.
+``quick_probe`` (the image configs') fits the probe to convergence with a held-out L2 and adds kNN.
 """
 
 from __future__ import annotations
@@ -28,9 +28,11 @@ from maskjax.eval.features import (
 from maskjax.eval.finetune import mae_finetune
 from maskjax.eval.knn import knn_accuracy
 from maskjax.eval.linear_probe import fit_linear_probe
+from maskjax.eval.logistic import fit_probe
 from maskjax.eval.mae_probe import mae_linear_probe
 from maskjax.eval.reconstruction import reconstruction_figure
 from maskjax.eval.registry import register
+from maskjax.progress import phase
 
 
 @register("reconstruction")
@@ -51,25 +53,57 @@ def probe_data(options, ctx, train_default: int, test_default: int):
     return xtr, ytr, xte, yte
 
 
-def _feature_probe(model, options, ctx, *, train_default: int, test_default: int) -> dict:
+def _probe_fit(solver: str, ftr, ytr, fte, yte, classes: int, steps: int, options) -> dict:
+    """One probe fit: "lbfgs" (converged, L2 picked on held-out train rows) or "adam" (fixed steps)."""
+    if solver == "lbfgs":
+        kwargs = {k: options[k] for k in ("holdout", "tol") if k in options}
+        if options.get("l2_grid"):
+            kwargs["l2_grid"] = tuple(float(v) for v in options["l2_grid"])
+        return fit_probe(ftr, ytr, fte, yte, classes, max_iter=steps, **kwargs)
+    if solver == "adam":
+        return fit_linear_probe(ftr, ytr, fte, yte, classes, steps=steps)
+    raise ValueError(f"probe solver {solver!r}: expected 'lbfgs' or 'adam'")
+
+
+def _feature_probe(model, options, ctx, *, train_default: int, test_default: int, solver: str = "adam",
+                   knn_default: bool = False) -> dict:
     xtr, ytr, xte, yte = probe_data(options, ctx, train_default, test_default)
     classes = num_classes(ytr, yte)
-    steps, pool = options.get("steps", 500), options.get("pool", None)
+    solver = options.get("solver", solver)
+    # steps: Adam's fixed step count, or L-BFGS's cap per fit (it stops earlier at convergence).
+    steps, pool = options.get("steps", 500 if solver == "adam" else 1000), options.get("pool", None)
+    with_knn, k, temperature = options.get("knn", knn_default), options.get("k", 20), options.get("temperature", 0.07)
     fn = features_fn(ctx.method, pool)  # one program for the trained and the random-init model
 
-    def top1(m):
-        fit = fit_linear_probe(method_features(ctx, m, xtr, fn=fn), ytr, method_features(ctx, m, xte, fn=fn), yte,
-                               classes, steps=steps)
-        return fit["test_accuracy"]
+    def evaluate(m, which, prefix):
+        ftr = method_features(ctx, m, xtr, fn=fn, desc=f"probe features ({which}, train)")
+        fte = method_features(ctx, m, xte, fn=fn, desc=f"probe features ({which}, test)")
+        # One jitted loop per fit: a count per step would need a sync per step.
+        with phase(f"probe fit ({which}, {solver})"):
+            fit = _probe_fit(solver, ftr, ytr, fte, yte, classes, steps, options)
+        res = {prefix + "top1": fit["test_accuracy"]}
+        if solver == "lbfgs":
+            res[prefix + "l2"] = fit["l2"]
+            if not fit["converged"]:
+                say(f"warning: the {which} probe did not converge in {steps} L-BFGS iterations (raise 'steps')")
+        if with_knn:  # on the same features: no second forward pass
+            res[prefix + "knn_top1"] = knn_accuracy(ftr, ytr, fte, yte, classes, k=k, temperature=temperature)
+        return res
 
-    out = {"top1": top1(model)}
+    out = evaluate(model, "pre-trained", "")
     if options.get("random_baseline", True):
-        out["random_init_top1"] = top1(fresh_model(ctx.method, ctx.config.seed + RANDOM_INIT_SEED_OFFSET,
-                                                   ctx.mesh, ctx.rules))
+        out.update(evaluate(fresh_model(ctx.method, ctx.config.seed + RANDOM_INIT_SEED_OFFSET, ctx.mesh, ctx.rules),
+                            "random-init", "random_init_"))
+    versus = lambda key: (f" vs {100 * out['random_init_' + key]:.1f}% random-init encoder"
+                          if "random_init_" + key in out else "")
+    how = ""
+    if solver == "lbfgs":
+        l2s = f"{out['l2']:.0e}" + (f" / {out['random_init_l2']:.0e}" if "random_init_l2" in out else "")
+        how = f"; logistic regression, L2 {l2s} picked on held-out train examples"
     say(f"linear probe (frozen {ctx.method.feature_name(pool)} feature, {len(ytr)} train / {len(yte)} test "
-        f"examples): top-1 "
-        f"{100 * out['top1']:.1f}% pre-trained"
-        + (f" vs {100 * out['random_init_top1']:.1f}% random-init encoder" if "random_init_top1" in out else ""))
+        f"examples{how}): top-1 {100 * out['top1']:.1f}% pre-trained" + versus("top1"))
+    if with_knn:
+        say(f"kNN (k={k}, same features): top-1 {100 * out['knn_top1']:.1f}% pre-trained" + versus("knn_top1"))
     return out
 
 
@@ -79,15 +113,26 @@ def feature_probe(model, options, ctx) -> dict:
 
     Options: ``train_examples`` (2000), ``test_examples`` (500), ``pool`` (passed to
     ``method.features``; None: the method's default feature), ``steps`` (500),
-    ``random_baseline`` (default True).
+    ``random_baseline`` (default True), ``solver`` ("adam"; "lbfgs": :func:`quick_probe`'s
+    converged fit, whose other options it then takes too), ``knn`` (False).
     """
     return _feature_probe(model, options, ctx, train_default=2000, test_default=500)
 
 
 @register("quick_probe")
 def quick_probe(model, options, ctx) -> dict:
-    """:func:`feature_probe` with the image configs' defaults (4000 train / 1000 test examples)."""
-    return _feature_probe(model, options, ctx, train_default=4000, test_default=1000)
+    """The quick start's probe: converged logistic regression and kNN on frozen features, vs random-init.
+
+    Unlike :func:`feature_probe`'s fixed 500 Adam steps (which underfit badly conditioned features,
+    such as a random-init ViT's, more than others), the probe is fitted to convergence with an L2
+    picked on a held-out part of the training examples (:func:`maskjax.eval.logistic.fit_probe`;
+    docs/quick_probe.md). Options: ``train_examples`` (4000), ``test_examples`` (1000), ``pool``,
+    ``steps`` (L-BFGS iteration cap per fit, 1000), ``l2_grid``, ``holdout`` (0.2), ``tol``,
+    ``knn`` (True), ``k`` (20), ``temperature`` (0.07), ``random_baseline`` (True),
+    ``solver`` ("lbfgs"; "adam" is the old fixed-step probe).
+    """
+    return _feature_probe(model, options, ctx, train_default=4000, test_default=1000, solver="lbfgs",
+                          knn_default=True)
 
 
 @register("knn")
@@ -98,7 +143,8 @@ def knn(model, options, ctx) -> dict:
     """
     xtr, ytr, xte, yte = probe_data(options, ctx, 4000, 1000)
     fn = features_fn(ctx.method, options.get("pool", None))
-    acc = knn_accuracy(method_features(ctx, model, xtr, fn=fn), ytr, method_features(ctx, model, xte, fn=fn), yte,
+    acc = knn_accuracy(method_features(ctx, model, xtr, fn=fn, desc="kNN features (train)"), ytr,
+                       method_features(ctx, model, xte, fn=fn, desc="kNN features (test)"), yte,
                        num_classes(ytr, yte), k=options.get("k", 20), temperature=options.get("temperature", 0.07))
     say(f"kNN (k={options.get('k', 20)}): top-1 {100 * acc:.1f}%")
     return {"top1": acc}

@@ -24,15 +24,16 @@ from jax.sharding import NamedSharding
 
 from maskjax.data.modalities import get_modality
 from maskjax.core.mesh import batch_divisor, batch_sharding, logical_to_spec
+from maskjax.progress import phase, progress, write
 
 # Offset of the random-init baseline's seed: far from the run's own seed stream.
 RANDOM_INIT_SEED_OFFSET = 12345
 
 
 def say(message: str) -> None:
-    """Prints ``message`` once (on process 0)."""
+    """Prints ``message`` once (on process 0), without breaking a progress bar on the terminal."""
     if jax.process_index() == 0:
-        print(message, flush=True)
+        write(message)
 
 
 def subset(n_total: int, n: int, seed: int) -> np.ndarray:
@@ -48,7 +49,9 @@ def take(ctx, source, n: int, seed: int) -> tuple[Any, np.ndarray]:
     evaluator serves images, video, audio and text.
     """
     idx = subset(len(source), n, seed)
-    return get_modality(ctx.method.modality).take_examples(ctx.config, source, idx)
+    # Decoding thousands of clips or recordings can take a while: say so if it does.
+    with phase(f"reading {len(idx)} examples"):
+        return get_modality(ctx.method.modality).take_examples(ctx.config, source, idx)
 
 
 def num_classes(*label_arrays) -> int:
@@ -98,7 +101,8 @@ def global_batch(rows, sharding: NamedSharding | None):
         lambda x: jax.make_array_from_callback(x.shape, sharding, lambda index: x[index]), rows)
 
 
-def batched_apply(fn: Callable, model, inputs, *, mesh=None, rules=None, batch_size: int = 256) -> Any:
+def batched_apply(fn: Callable, model, inputs, *, mesh=None, rules=None, batch_size: int = 256,
+                  desc: str | None = None) -> Any:
     """Runs ``fn(model, batch) -> per-example outputs`` over ``inputs`` in sharded batches.
 
     ``fn`` must be a jitted function (make it once per evaluator so train, test and baseline
@@ -106,7 +110,9 @@ def batched_apply(fn: Callable, model, inputs, *, mesh=None, rules=None, batch_s
     first (numpy, identical on every process). With a ``mesh`` each batch is sharded over its
     batch axes (``rules``); the batch size is a multiple of the data-parallel size and the last
     batch is padded to the same size (one program; padding rows are dropped afterwards). The
-    outputs (arrays or dicts of arrays with a leading example axis) come back as numpy.
+    outputs (arrays or dicts of arrays with a leading example axis) come back as numpy. With a
+    ``desc``, progress is shown under that name (in examples; the first batch includes
+    compilation); without, none (callers that call it per batch show their own).
     """
     n = _num_rows(inputs)
     if n == 0:
@@ -117,7 +123,8 @@ def batched_apply(fn: Callable, model, inputs, *, mesh=None, rules=None, batch_s
     size = int(math.ceil(size / div) * div)
     outs = []
     context = jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
-    with context:
+    bar = progress(total=n, desc=desc or "", unit="ex", disable=not desc)
+    with context, bar:
         for start in range(0, n, size):
             rows = np.arange(start, start + size)
             rows = np.where(rows < n, rows, 0)  # padding repeats example 0; dropped below
@@ -125,6 +132,7 @@ def batched_apply(fn: Callable, model, inputs, *, mesh=None, rules=None, batch_s
             out = fn(model, global_batch(batch, sharding))
             keep = min(size, n - start)
             outs.append(jax.tree.map(lambda y: to_host(y)[:keep], out))
+            bar.update(keep)  # after to_host, which waits for the batch anyway: no extra sync
     return jax.tree.map(lambda *ys: np.concatenate(ys, axis=0), *outs)
 
 
@@ -135,10 +143,13 @@ def features_fn(method, pool: str | None = None) -> Callable:
 
 
 def method_features(ctx, model, inputs, *, pool: str | None = None, fn: Callable | None = None,
-                    batch_size: int = 256) -> np.ndarray:
-    """Frozen features ``ctx.method.features(model, inputs, pool=pool)`` as float32 numpy [N, D], on the mesh."""
+                    batch_size: int = 256, desc: str = "features") -> np.ndarray:
+    """Frozen features ``ctx.method.features(model, inputs, pool=pool)`` as float32 numpy [N, D], on the mesh.
+
+    ``desc`` names the progress shown while they are computed.
+    """
     fn = fn or features_fn(ctx.method, pool)
-    out = batched_apply(fn, model, inputs, mesh=ctx.mesh, rules=ctx.rules, batch_size=batch_size)
+    out = batched_apply(fn, model, inputs, mesh=ctx.mesh, rules=ctx.rules, batch_size=batch_size, desc=desc)
     return np.asarray(out, np.float32)
 
 

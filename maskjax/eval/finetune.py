@@ -29,6 +29,7 @@ from maskjax.models.classifier import ViTClassifier
 from maskjax.optim.layer_decay import layer_decay_adamw
 from maskjax.optim.schedules import peak_lr, warmup_cosine
 from maskjax.core.trees import to_tree
+from maskjax.progress import progress
 
 
 def load_encoder_params(params: dict, encoder_params: dict) -> tuple[dict, list[str]]:
@@ -108,15 +109,18 @@ def mae_finetune(encoder: Any, train_source, eval_source, *, image_size: int, nu
                              num_epochs=epochs)
     base = jax.random.key(seed + 1)
     loss = jnp.nan
-    for i, batch in enumerate(ds):
+    # Steps are counted as dispatched (no sync for progress); the input pipeline paces the loop.
+    for i, batch in enumerate(progress(ds, total=total, desc="MAE fine-tune", unit="step")):
         params, opt, loss = step(params, opt, shard(batch["image"]), shard(batch["label"]),
                                  jax.random.fold_in(base, i))
     predict = jax.jit(lambda p, x: jnp.argmax(apply(p, x), -1))
     n_eval = len(eval_source)
     correct = 0
-    for start in range(0, n_eval, 256):
-        xe, ye = take_arrays(eval_source, range(start, min(start + 256, n_eval)), image_size, crop_pct=crop_pct)
-        correct += int(np.sum(np.asarray(predict(params, shard(xe))) == ye))
+    with progress(total=n_eval, desc="MAE fine-tune eval", unit="ex") as bar:
+        for start in range(0, n_eval, 256):
+            xe, ye = take_arrays(eval_source, range(start, min(start + 256, n_eval)), image_size, crop_pct=crop_pct)
+            correct += int(np.sum(np.asarray(predict(params, shard(xe))) == ye))
+            bar.update(len(ye))
     return {"top1": correct / n_eval, "final_train_loss": float(loss), "steps": total,
             "not_loaded": len(missing)}
 

@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from maskjax.progress import progress
+
 
 def knn_classify(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, num_classes: int, *,
                  k: int = 20, temperature: float = 0.07, chunk: int = 1024) -> np.ndarray:
@@ -28,8 +30,11 @@ def knn_classify(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, n
         votes = jax.nn.one_hot(labels[top_idx], num_classes) * weights[..., None]
         return jnp.argmax(votes.sum(axis=1), axis=-1)
 
-    out = [np.asarray(predict(jnp.asarray(test_x[i:i + chunk], jnp.float32)))
-           for i in range(0, len(test_x), chunk)]
+    out = []
+    with progress(total=len(test_x), desc="kNN search", unit="query") as bar:
+        for i in range(0, len(test_x), chunk):
+            out.append(np.asarray(predict(jnp.asarray(test_x[i:i + chunk], jnp.float32))))
+            bar.update(len(out[-1]))  # np.asarray already waited for the chunk
     return np.concatenate(out)
 
 

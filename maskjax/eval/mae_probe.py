@@ -24,6 +24,7 @@ from maskjax.data.pipeline import make_image_pipeline, take_arrays
 from maskjax.data.sources import maybe_subset
 from maskjax.optim.lars import lars
 from maskjax.optim.schedules import peak_lr, warmup_cosine
+from maskjax.progress import progress
 
 __all__ = ["BN_EPS", "BN_MOMENTUM", "head_logits", "init_head", "lars", "mae_linear_probe"]
 
@@ -85,24 +86,34 @@ def mae_linear_probe(features: Callable, train_source, eval_source, *, image_siz
 
     head = init_head(jax.random.key(seed), dim, num_classes)
     state = {"params": head["params"], "bn": head["bn"], "opt": tx.init(head["params"])}
+    # Steps are counted as they are dispatched (no sync for progress); the step's own inputs pace it.
     if cache_features:
         xs, ys = take_arrays(train_source, range(n_train), image_size, crop_pct=crop_pct)
-        cached = np.concatenate([np.asarray(features(xs[i:i + 512])) for i in range(0, n_train, 512)])
+        with progress(total=n_train, desc="MAE probe features", unit="ex") as bar:
+            cached = []
+            for i in range(0, n_train, 512):
+                cached.append(np.asarray(features(xs[i:i + 512])))
+                bar.update(len(cached[-1]))
+        cached = np.concatenate(cached)
         rng = np.random.default_rng(seed)
-        for _ in range(epochs):
-            order = rng.permutation(n_train)
-            for j in range(steps_per_epoch):
-                idx = order[j * batch_size:(j + 1) * batch_size]
-                state, loss = step(state, jnp.asarray(cached[idx]), jnp.asarray(ys[idx]))
+        with progress(total=epochs * steps_per_epoch, desc="MAE probe", unit="step") as bar:
+            for _ in range(epochs):
+                order = rng.permutation(n_train)
+                for j in range(steps_per_epoch):
+                    idx = order[j * batch_size:(j + 1) * batch_size]
+                    state, loss = step(state, jnp.asarray(cached[idx]), jnp.asarray(ys[idx]))
+                    bar.update(1)
     else:
         ds = make_image_pipeline(train_source, global_batch=batch_size, image_size=image_size, train=True,
                                  seed=seed, augment="probe", process_index=0, process_count=1, num_epochs=epochs)
-        for batch in ds:
+        for batch in progress(ds, total=epochs * steps_per_epoch, desc="MAE probe", unit="step"):
             state, loss = step(state, jnp.asarray(features(batch["image"])), jnp.asarray(batch["label"]))
     n_eval = len(eval_source)
     correct = 0
-    for start in range(0, n_eval, 512):
-        xe, ye = take_arrays(eval_source, range(start, min(start + 512, n_eval)), image_size, crop_pct=crop_pct)
-        logits, _ = head_logits(state["params"], state["bn"], jnp.asarray(features(xe)), train=False)
-        correct += int(np.sum(np.argmax(np.asarray(logits), -1) == ye))
+    with progress(total=n_eval, desc="MAE probe eval", unit="ex") as bar:
+        for start in range(0, n_eval, 512):
+            xe, ye = take_arrays(eval_source, range(start, min(start + 512, n_eval)), image_size, crop_pct=crop_pct)
+            logits, _ = head_logits(state["params"], state["bn"], jnp.asarray(features(xe)), train=False)
+            correct += int(np.sum(np.argmax(np.asarray(logits), -1) == ye))
+            bar.update(len(ye))
     return {"top1": correct / n_eval, "final_train_loss": float(loss), "steps": total}

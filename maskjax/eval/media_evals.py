@@ -22,6 +22,7 @@ augmentation and drop path, which need the streaming pipeline of a full-size run
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any
 
 import jax
@@ -37,6 +38,7 @@ from maskjax.core.mesh import batch_divisor, batch_sharding
 from maskjax.models.layers import layer_norm
 from maskjax.optim.layer_decay import layer_decay_adamw, path_strings
 from maskjax.optim.schedules import warmup_cosine
+from maskjax.progress import phase, progress
 
 
 class PooledClassifier(nnx.Module):
@@ -105,7 +107,7 @@ def finetune_arrays(encoder, xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, 
                     layer_decay: float = 0.75, weight_decay: float = 0.05, warmup_epochs: float = 1,
                     min_lr: float = 1e-6, label_smoothing: float = 0.1, pool: str = "pooled",
                     head_init_scale: float = 0.001, train_mask_fn=None, seed: int = 0,
-                    mesh=None, rules=None) -> dict[str, float]:
+                    mesh=None, rules=None, desc: str = "fine-tune") -> dict[str, float]:
     """Fine-tunes a copy of ``encoder`` + head on in-memory arrays; returns test metrics.
 
     ``ytr``/``yte`` are int labels [n] (softmax, top-1) or multi-hot [n, C] (BCE, mAP). ``xte`` may
@@ -113,7 +115,7 @@ def finetune_arrays(encoder, xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, 
     sigmoid), VideoMAE's multi-view testing. ``train_mask_fn(key, batch) -> Mask`` drops tokens
     during training (AudioMAE's time/frequency masking); testing never masks. With a ``mesh``
     (and ``rules``) the batches are sharded over its batch axes; the encoder's parameters keep
-    whatever sharding they have.
+    whatever sharding they have. ``desc`` names the progress shown (steps, then test examples).
     """
     multilabel = ytr.ndim == 2
     enc_graph, enc_state = nnx.split(encoder)
@@ -151,13 +153,17 @@ def finetune_arrays(encoder, xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, 
     rng = np.random.default_rng(seed)
     key = jax.random.key(seed + 1)
     loss = jnp.nan
-    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+    # Steps are counted as dispatched: progress never waits for the device.
+    bar = progress(total=total, desc=desc, unit="step")
+    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext(), bar:
         for i in range(total):
             if i % steps_per_epoch == 0:
                 order = rng.permutation(n)
+                bar.set_postfix_str(f"epoch {i // steps_per_epoch + 1}/{math.ceil(total / steps_per_epoch)}")
             idx = order[(i % steps_per_epoch) * batch_size:(i % steps_per_epoch + 1) * batch_size]
             x, y = global_batch((xtr[idx], ytr[idx]), sharding)
             params, opt, loss = step(params, opt, x, y, jax.random.fold_in(key, i))
+            bar.update(1)
     views = xte.ndim == xtr.ndim + 1
 
     @jax.jit
@@ -169,7 +175,7 @@ def finetune_arrays(encoder, xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, 
         probs = jax.nn.sigmoid(logits) if multilabel else jax.nn.softmax(logits, axis=-1)
         return probs.reshape(b, v, -1).mean(1) if views else probs
 
-    probs = batched_apply(predict, params, xte, mesh=mesh, rules=rules, batch_size=32)
+    probs = batched_apply(predict, params, xte, mesh=mesh, rules=rules, batch_size=32, desc=f"{desc} test")
     out = {"final_train_loss": float(loss), "steps": total}
     if multilabel:
         out["mAP"] = mean_average_precision(probs, yte)
@@ -195,7 +201,8 @@ def media_finetune(model, options, ctx) -> dict:
     n_test = options.get("test_examples", 500)
     if options.get("multi_view", False) and hasattr(modality, "take_views"):
         idx = subset(len(ctx.eval_source), n_test, 3)
-        xte, yte = modality.take_views(ctx.config, ctx.eval_source, idx)
+        with phase(f"reading {len(idx)} multi-view test examples"):
+            xte, yte = modality.take_views(ctx.config, ctx.eval_source, idx)
     else:
         xte, yte = take(ctx, ctx.eval_source, n_test, seed=3)
     classes = options.get("num_classes") or (ytr.shape[1] if ytr.ndim == 2 else int(max(ytr.max(), yte.max()) + 1))
@@ -203,10 +210,11 @@ def media_finetune(model, options, ctx) -> dict:
                                       "label_smoothing", "pool", "head_init_scale") if k in options}
     kwargs.update(num_classes=int(classes), train_mask_fn=_train_mask_fn(ctx, options), seed=ctx.config.seed,
                   mesh=ctx.mesh, rules=ctx.rules)
-    out = finetune_arrays(ctx.method.encoder(model), xtr, ytr, xte, yte, **kwargs)
+    out = finetune_arrays(ctx.method.encoder(model), xtr, ytr, xte, yte, desc="fine-tune (pre-trained)", **kwargs)
     if options.get("random_baseline", False):
         fresh = fresh_model(ctx.method, ctx.config.seed + RANDOM_INIT_SEED_OFFSET, ctx.mesh, ctx.rules)
-        base = finetune_arrays(ctx.method.encoder(fresh), xtr, ytr, xte, yte, **kwargs)
+        base = finetune_arrays(ctx.method.encoder(fresh), xtr, ytr, xte, yte, desc="fine-tune (random-init)",
+                               **kwargs)
         out.update({f"random_init_{k}": v for k, v in base.items() if k in ("top1", "mAP")})
     metric = "mAP" if "mAP" in out else "top1"
     say(f"fine-tune ({len(xtr)} train / {len(xte)} test, {out['steps']} steps): {metric} "

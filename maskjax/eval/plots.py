@@ -13,8 +13,37 @@ def _read_jsonl(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def plot_run(workdir: str, path: str | None = None) -> str:
-    """Writes a PNG with loss, learning rate, gradient norm and every eval metric over steps."""
+def _number(v) -> float:
+    return float(v) if isinstance(v, (int, float)) else float("nan")
+
+
+def _draw_evaluations(ax, evals: list[dict], eval_keys: list[str], last_step: int) -> None:
+    """The evaluations panel: one marked line per accuracy, its latest value written beside it.
+
+    The x axis spans the whole run (0 to the last training or eval step), as the training panels
+    do, so one evaluation at the end is a point at the end of training rather than the only thing
+    on an axis matplotlib stretches around it. The legend sits outside the axes, where it can
+    never cover a point.
+    """
+    for key in eval_keys:
+        pts = [(r["step"], _number(r[key])) for r in evals if key in r and "step" in r]
+        if not pts:
+            continue
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        (line,) = ax.plot(xs, ys, marker="o", label=key.removeprefix("eval/"))
+        # The value of the latest evaluation, left of its point (the point is at the right end).
+        ax.annotate(f"{ys[-1]:.4g}", (xs[-1], ys[-1]), xytext=(-6, 6), textcoords="offset points",
+                    ha="right", va="bottom", fontsize=9, color=line.get_color())
+    end = max([last_step] + [r["step"] for r in evals if "step" in r])
+    ax.set_xlim(0, max(end, 1) * 1.04)
+    ax.margins(y=0.25)  # room above the point for its value
+    ax.set_title("evaluations")
+    ax.set_xlabel("step")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
+
+
+def run_figure(workdir: str):
+    """The matplotlib figure of loss, learning rate, gradient norm and every eval accuracy over steps."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers
@@ -31,23 +60,25 @@ def plot_run(workdir: str, path: str | None = None) -> str:
     fig, axes = plt.subplots(1, len(panels) + (1 if eval_keys else 0), figsize=(4.2 * (len(panels) + 1), 3.4))
     steps = [r["step"] for r in train]
     for ax, (key, title) in zip(axes, panels):
-        values = [r.get(key) for r in train]
-        ax.plot(steps, [v if isinstance(v, (int, float)) else float("nan") for v in values])
+        ax.plot(steps, [_number(r.get(key)) for r in train])
         ax.set_title(title)
         ax.set_xlabel("step")
         if key == "loss":
             ax.set_yscale("log")
     if eval_keys:
-        ax = axes[-1]
-        for key in eval_keys:
-            pts = [(r["step"], r[key]) for r in evals if key in r]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=key.removeprefix("eval/"))
-        ax.set_title("evaluations")
-        ax.set_xlabel("step")
-        ax.legend(fontsize=7)
+        _draw_evaluations(axes[-1], evals, eval_keys, max(steps))
     fig.suptitle(os.path.basename(os.path.abspath(workdir)))
     fig.tight_layout()
+    return fig
+
+
+def plot_run(workdir: str, path: str | None = None) -> str:
+    """Writes a PNG with loss, learning rate, gradient norm and every eval metric over steps."""
+    fig = run_figure(workdir)  # first: it picks the Agg backend before pyplot is imported here
+    import matplotlib.pyplot as plt
+
     path = path or os.path.join(workdir, "curves.png")
-    fig.savefig(path, dpi=100)
+    # bbox_inches="tight" keeps the legend outside the evaluations panel inside the image.
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path

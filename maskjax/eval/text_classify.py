@@ -35,6 +35,7 @@ from maskjax.optim.layer_decay import path_strings, scale_by_tree
 from maskjax.optim.optimizers import make_optimizer
 from maskjax.optim.schedules import warmup_linear
 from maskjax.core.trees import to_tree
+from maskjax.progress import progress
 
 HEADS = ("bert", "electra")
 METRICS = ("accuracy", "mcc", "f1", "pearson_spearman")
@@ -199,7 +200,7 @@ def finetune_classifier(encoder: nnx.Module, train_arrays: Mapping, eval_arrays:
                         weight_decay: float = 0.01, layer_decay: float | None = None, seed: int = 0,
                         metric: str = "accuracy", head: str = "bert", dropout_rate: float = 0.1,
                         bias_correction: bool = False, grad_clip: float | None = 1.0,
-                        eval_batch_size: int = 128) -> dict[str, float]:
+                        eval_batch_size: int = 128, desc: str = "fine-tune") -> dict[str, float]:
     """Fine-tunes a copy of ``encoder`` (BertEncoder-like) + a :class:`TextClassifier` head.
 
     ``train_arrays``/``eval_arrays``: dicts of ``input_ids``, ``segment_ids``, ``input_mask``
@@ -208,6 +209,7 @@ def finetune_classifier(encoder: nnx.Module, train_arrays: Mapping, eval_arrays:
     metrics are then prefixed ``"<split>/"``. Training shuffles every epoch and drops the last
     partial batch (as ``run_classifier.py``); ``epochs`` may be fractional. Returns the task
     metrics (:func:`task_metrics` for ``metric``) plus ``final_train_loss`` and ``steps``.
+    ``desc`` names the progress shown (steps, then each eval split's examples).
     """
     if jax.process_count() > 1:
         raise NotImplementedError("finetune_classifier runs on one host (data-parallel over its local devices); "
@@ -277,32 +279,40 @@ def finetune_classifier(encoder: nnx.Module, train_arrays: Mapping, eval_arrays:
     rng = np.random.default_rng(seed)
     base = jax.random.key(seed + 1)
     loss = jnp.nan
-    for i in range(total):
-        if i % steps_per_epoch == 0:
-            order = rng.permutation(n_train)
-        idx = order[(i % steps_per_epoch) * batch_size:(i % steps_per_epoch + 1) * batch_size]
-        batch = {k: shard(v[idx]) for k, v in train.items()}
-        params, opt, loss = train_step(params, opt, batch, base, jnp.asarray(i, jnp.int32), lrs[i])
+    # Steps are counted as dispatched: progress never waits for the device.
+    with progress(total=total, desc=desc, unit="step") as bar:
+        for i in range(total):
+            if i % steps_per_epoch == 0:
+                order = rng.permutation(n_train)
+                bar.set_postfix_str(f"epoch {i // steps_per_epoch + 1}/{math.ceil(total / steps_per_epoch)}")
+            idx = order[(i % steps_per_epoch) * batch_size:(i % steps_per_epoch + 1) * batch_size]
+            batch = {k: shard(v[idx]) for k, v in train.items()}
+            params, opt, loss = train_step(params, opt, batch, base, jnp.asarray(i, jnp.int32), lrs[i])
+            bar.update(1)
 
     predict = jax.jit(lambda p, b: logits_fn(p, b))
     out: dict[str, float] = {}
     for name, arr in evals.items():
-        outputs = _predict(predict, params, arr, eval_batch_size, shard, regression)
+        outputs = _predict(predict, params, arr, eval_batch_size, shard, regression,
+                           desc=f"{desc} eval" + (f" ({name})" if name else ""))
         prefix = f"{name}/" if name else ""
         out.update({prefix + k: v for k, v in task_metrics(metric, np.asarray(arr["label"]), outputs).items()})
     out.update(final_train_loss=float(loss), steps=total, train_examples=n_train)
     return out
 
 
-def _predict(predict, params, arrays: Mapping, batch_size: int, shard, regression: bool) -> np.ndarray:
+def _predict(predict, params, arrays: Mapping, batch_size: int, shard, regression: bool,
+             desc: str = "predict") -> np.ndarray:
     """Class ids (or scores) for every row; the last batch is padded so one program serves all."""
     n = len(arrays["label"])
     batch_size = min(batch_size, n)
     outs = []
-    for start in range(0, n, batch_size):
-        rows = np.arange(start, start + batch_size) % n  # wraps around: padding rows are discarded
-        logits = np.asarray(predict(params, {k: shard(np.asarray(arrays[k])[rows]) for k in ARRAY_FIELDS}))
-        outs.append(logits[: min(batch_size, n - start)])
+    with progress(total=n, desc=desc, unit="ex") as bar:
+        for start in range(0, n, batch_size):
+            rows = np.arange(start, start + batch_size) % n  # wraps around: padding rows are discarded
+            logits = np.asarray(predict(params, {k: shard(np.asarray(arrays[k])[rows]) for k in ARRAY_FIELDS}))
+            outs.append(logits[: min(batch_size, n - start)])
+            bar.update(len(outs[-1]))
     logits = np.concatenate(outs)
     return logits[:, 0] if regression else np.argmax(logits, -1)
 
@@ -317,11 +327,11 @@ def _finetune_both(model, options, ctx, train, test, *, num_labels: int, metric:
     kwargs = {k: options[k] for k in FINETUNE_OPTIONS if k in options}
     seed = int(options.get("seed", ctx.config.seed))
     out = finetune_classifier(ctx.method.encoder(model), train, test, num_labels=num_labels, metric=metric,
-                              seed=seed, **kwargs)
+                              seed=seed, desc="fine-tune (pre-trained)", **kwargs)
     if options.get("random_init", False):
         fresh = ctx.method.build(nnx.Rngs(params=jax.random.key(ctx.config.seed + 12345)))
         base = finetune_classifier(ctx.method.encoder(fresh), train, test, num_labels=num_labels, metric=metric,
-                                   seed=seed, **kwargs)
+                                   seed=seed, desc="fine-tune (random-init)", **kwargs)
         out.update({f"random_init_{k}": v for k, v in base.items() if k not in ("steps", "train_examples")})
     return out
 

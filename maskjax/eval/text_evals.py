@@ -14,10 +14,11 @@ import math
 
 import jax
 
-from maskjax.eval.features import global_batch
+from maskjax.eval.features import global_batch, say
 from maskjax.eval.registry import register
 from maskjax.core.keys import example_keys
 from maskjax.core.mesh import batch_divisor, batch_sharding
+from maskjax.progress import progress
 
 
 def heldout_mlm(method, model, source, *, rate: float, batch_size: int = 32, max_batches: int | None = None,
@@ -43,7 +44,9 @@ def heldout_mlm(method, model, source, *, rate: float, batch_size: int = 32, max
     sharding = None
     if mesh is not None and batch_size % batch_divisor(mesh, rules) == 0:
         sharding = batch_sharding(mesh, rules)
-    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+    total = len(source) // batch_size if max_batches is None else min(len(source) // batch_size, max_batches)
+    bar = progress(total=total, desc="mlm eval", unit="batch")
+    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext(), bar:
         for i, batch in enumerate(batches):
             if max_batches is not None and i >= max_batches:
                 break
@@ -51,6 +54,7 @@ def heldout_mlm(method, model, source, *, rate: float, batch_size: int = 32, max
             out = jax.device_get(stats(model, global_batch(batch, sharding), example_keys(base, i, batch_size)))
             for key in totals:
                 totals[key] += float(out[key])
+            bar.update(1)  # device_get above already waited for the batch
     count = max(totals["count"], 1.0)
     loss = totals["nll_sum"] / count
     return {"accuracy": totals["correct"] / count, "loss": loss, "perplexity": math.exp(min(loss, 700.0)),
@@ -64,7 +68,6 @@ def mlm_evaluator(model, options, ctx) -> dict:
     out = heldout_mlm(ctx.method, model, ctx.eval_source, rate=rate, batch_size=options.get("batch_size", 32),
                       max_batches=options.get("batches", None), seed=options.get("seed", 0), mesh=ctx.mesh,
                       rules=ctx.rules)
-    if jax.process_index() == 0:
-        print(f"mlm eval @ {rate:.0%} masking: accuracy {out['accuracy']:.2%}, perplexity {out['perplexity']:.1f} "
-              f"({int(out['predictions'])} predictions)", flush=True)
+    say(f"mlm eval @ {rate:.0%} masking: accuracy {out['accuracy']:.2%}, perplexity {out['perplexity']:.1f} "
+        f"({int(out['predictions'])} predictions)")
     return out

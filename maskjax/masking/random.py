@@ -36,6 +36,8 @@ def num_kept(length: int, ratio: float) -> int:
         raise ValueError(
             f"mask ratio {ratio} keeps no token of {length}; lower the ratio or use more tokens"
         )
+    if keep >= length:  # only for ratios so small that 1 - ratio rounds to 1.0
+        raise ValueError(f"mask ratio {ratio} hides no token of {length}; raise the ratio")
     return keep
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import jax.numpy as jnp
@@ -63,10 +64,44 @@ def check_vit_config(config, errors: list[str]) -> None:
         errors.append(f"model.decoder_width {width} is not divisible by model.decoder_heads {heads}")
 
 
+def check_mask_ratio(config, errors: list[str]) -> None:
+    """``masking.ratio`` leaves at least one of the image's patches visible and hides at least one.
+
+    MAE keeps ``int(L * (1 - ratio))`` of the ``L`` patches; keeping none would otherwise fail
+    while tracing the first step. A ratio outside (0, 1), a bad variant or image size are
+    reported by their own checks, so they are skipped here.
+    """
+    from maskjax.masking.random import num_kept
+    from maskjax.models.vit import parse_variant
+
+    ratio, size = config.get("masking", {}).get("ratio"), config.data.get("image_size")
+    try:
+        _, patch = parse_variant(config.model.variant)
+    except ValueError:
+        return
+    if (not isinstance(ratio, (int, float)) or not 0.0 < ratio < 1.0 or not isinstance(size, int)
+            or size < patch or size % patch):
+        return
+    side = size // patch
+    try:
+        num_kept(side * side, float(ratio))
+    except ValueError:
+        n = side * side
+        kept = int(n * (1 - ratio))
+        # Rounded down: a rounded-up bound (0.9844 for 64 patches) would itself keep no patch.
+        fix = f"use a ratio of at most {math.floor((1 - 1 / n) * 1e4) / 1e4:g}" if kept < 1 else "raise the ratio"
+        errors.append(f"masking.ratio={ratio} keeps {kept} of the {n} patches ({side}x{side}: data.image_size "
+                      f"{size} / patch {patch}); MAE needs at least one visible and one hidden patch: {fix}")
+
+
 def encoder_features(encoder, inputs, pool: str | None, default: str = "cls"):
     """``aux[pool]`` of a maskjax encoder's ``(tokens, aux)`` output: "cls" or "pooled" (mean of patch tokens)."""
     _, aux = encoder(inputs)
     pool = pool or default
+    if pool == "pooled" and "pooled" not in aux and "cls" in aux:
+        # MAE's image ViT keeps no pooled output (it fine-tunes from its own global pool); the mean
+        # of the normalised patch tokens is the frozen-feature probe's pooled feature.
+        return aux["tokens"].mean(axis=1)
     if pool not in aux:
         raise NotSupported(f"the encoder offers the features {sorted(k for k in aux if k != 'tokens')}, "
                            f"not {pool!r}")
@@ -103,8 +138,10 @@ class MAE(EncoderMethod):
 
     @staticmethod
     def check_config(config, errors: list[str]) -> None:
-        """The ViT variant parses and its patch size divides the image size."""
+        """The ViT variant parses, its patch size divides the image size, and ``masking.ratio``
+        keeps at least one patch visible and hides at least one."""
         check_vit_config(config, errors)
+        check_mask_ratio(config, errors)
 
     def __init__(self, config):
         super().__init__(config)

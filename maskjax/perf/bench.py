@@ -23,8 +23,6 @@ from 128 keys, a loop over batch x head chunks) make its count lower than the an
 
 from __future__ import annotations
 
-import argparse
-import ast
 import dataclasses
 import itertools
 import json
@@ -33,9 +31,11 @@ import os
 import statistics
 import sys
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
+
+from maskjax.errors import UsageError
 
 # Dense peak TFLOP/s per device (bf16/fp16 matmul, float32 matmul). TPUs run float32 matmuls as
 # bf16 passes at default precision, so their bf16 peak is the reference for both. First match wins.
@@ -64,48 +64,23 @@ def peak_tflops(device_kind: str, compute_dtype: str = "float32") -> float | Non
     return None
 
 
-def parse_overrides(config, items: list[str]) -> dict[str, Any]:
-    """``["optim.base_lr=1e-3", ...]`` -> typed values, converted to the type of the current field.
+def load(spec: str, overrides: Sequence[tuple[str, str] | str] = (), batch: int | None = None):
+    """Loads ``FILE[:arg]`` with overrides and an optional global batch.
 
-    Booleans accept true/false/1/0; unset (None) fields and tuples take a Python literal
-    (falling back to the string). Unknown keys raise KeyError naming the key.
+    Overrides are ``(field, text)`` pairs or ``"field=text"`` strings (an optional ``--config.``
+    prefix is accepted), read as the field's type exactly like ``--config.field=text``.
     """
-    from maskjax.models.remat import REMAT_POLICIES
+    from maskjax.config.commandline import OVERRIDE_PREFIX, load_config_with_overrides
 
-    out = {}
-    for item in items:
-        key, eq, text = item.partition("=")
-        if not eq:
-            raise ValueError(f"override {item!r} is not key=value")
-        node = config
-        for part in key.split("."):
-            if part not in node:
-                raise KeyError(f"unknown config field {key!r}")
-            node = node[part]
-        if isinstance(node, bool):
-            if key == "remat" and text in REMAT_POLICIES:  # remat also takes a policy name
-                out[key] = text
-                continue
-            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                extra = f" or one of {REMAT_POLICIES}" if key == "remat" else ""
-                raise ValueError(f"override {key}: expected a boolean{extra}, got {text!r}")
-            out[key] = text.lower() in ("true", "1", "yes")
-        elif isinstance(node, (int, float, str)):
-            out[key] = type(node)(text)
-        else:
-            try:
-                out[key] = ast.literal_eval(text)
-            except (ValueError, SyntaxError):
-                out[key] = text
-    return out
-
-
-def load(spec: str, overrides: list[str], batch: int | None = None):
-    """Loads ``FILE[:arg]``, applies ``--override`` items and an optional global batch."""
-    from maskjax.config import apply_overrides, load_config
-
-    config = load_config(spec)
-    apply_overrides(config, parse_overrides(config, overrides))
+    pairs = []
+    for item in overrides:
+        if isinstance(item, str):
+            field, eq, text = item.removeprefix(OVERRIDE_PREFIX).partition("=")
+            if not eq:
+                raise UsageError(f"override {item!r} is not FIELD=VALUE")
+            item = (field, text)
+        pairs.append(tuple(item))
+    config = load_config_with_overrides(spec, pairs)
     if batch:
         config.global_batch = int(batch)
     return config
@@ -191,6 +166,49 @@ def xla_flops(compiled, num_devices: int) -> float | None:
         cost = cost[0] if cost else {}
     flops = (cost or {}).get("flops")
     return float(flops) * num_devices if flops and flops > 0 else None
+
+
+def micro_batch_flops(setup, mesh, micro: int) -> float | None:
+    """Global FLOPs of one micro-batch's loss and gradients, from the lowered (not compiled) program.
+
+    Lowering is cheap (no XLA compile) and the lowered module is the global, unpartitioned
+    program, so its cost analysis is already summed over devices.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from maskjax.core.keys import example_keys
+    from maskjax.train.step import make_loss_and_grad
+
+    grad_fn = make_loss_and_grad(setup.method, setup.template, 1)
+    batch = {k: jax.ShapeDtypeStruct((micro,) + tuple(s.shape[1:]), s.dtype, sharding=setup.batch_sharding)
+             for k, s in setup.method.batch_spec().items()}
+    keys = jax.eval_shape(lambda: example_keys(jax.random.key(0), jnp.zeros((), jnp.int32), micro))
+    state = setup.abstract_state
+    try:
+        with jax.set_mesh(mesh):
+            cost = jax.jit(grad_fn).lower(state["params"], state["extra"], batch, keys, state["step"]).cost_analysis()
+    except Exception:  # noqa: BLE001 - a backend without cost analysis: leave the count as XLA gave it
+        return None
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    flops = (cost or {}).get("flops")
+    return float(flops) if flops and flops > 0 else None
+
+
+def accumulated_flops(compiled_flops: float | None, micro_flops: float | None, accum: int) -> float | None:
+    """FLOPs of a whole accumulated step from XLA's count of the compiled one.
+
+    The step scans over its micro-batches (maskjax/train/step.py) and XLA's cost analysis counts a
+    loop body once, so the compiled count holds one micro-batch's forward and backward plus the
+    optimizer update; the other ``accum - 1`` micro-batches are added. A count that already holds
+    them all (an XLA that multiplies by the trip count) is left as it is.
+    """
+    if compiled_flops is None or micro_flops is None or accum <= 1:
+        return compiled_flops
+    if compiled_flops >= 0.9 * accum * micro_flops:
+        return compiled_flops
+    return compiled_flops + (accum - 1) * micro_flops
 
 
 def memory_breakdown(compiled) -> dict[str, int] | None:
@@ -307,6 +325,9 @@ def bench_config(config, *, label: str, steps: int = 20, warmup: int = 3, synthe
         say(f"bench {label}: warning: the loss is {loss} after {warmup + steps} steps")
     flops = analytic_flops(setup.method, config.global_batch)
     xla = xla_flops(compiled, mesh.size)
+    if config.grad_accum > 1:  # XLA counts the accumulation loop's body once
+        micro = micro_batch_flops(setup, mesh, config.global_batch // config.grad_accum)
+        xla = accumulated_flops(xla, micro, config.grad_accum)
     median = statistics.median(step_s)
     examples = config.global_batch / median
     kind = mesh.devices.flat[0].device_kind
@@ -381,13 +402,14 @@ pipeline."""
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``maskjax bench --config FILE[:arg] [--config ...] [--steps 20] [--warmup 3] [--batch N] ...``."""
-    p = argparse.ArgumentParser(prog="maskjax bench", description="Time the training step of configs.")
-    p.add_argument("--config", action="append", required=True, help="FILE[:arg]; repeat for several rows")
+    """``maskjax bench --config FILE[:arg] [--config ...] [--config.X=V ...] [--steps 20] [--batch N] ...``."""
+    from maskjax.config.commandline import ConfigArgumentParser
+
+    p = ConfigArgumentParser(prog="maskjax bench", description="Time the training step of configs.",
+                             several_configs=True)
     p.add_argument("--steps", type=int, default=20, help="timed steps after warm-up (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps after compilation (default 3)")
     p.add_argument("--batch", type=int, default=None, help="global batch (default: the config's)")
-    p.add_argument("--override", action="append", default=[], help="config override key=value (repeatable)")
     p.add_argument("--synthetic-data", action="store_true", help="random batches instead of the input pipeline")
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak TFLOP/s for MFU (default: table)")
     p.add_argument("--workdir", default="runs/bench", help="where a text vocabulary is cached (default runs/bench)")
@@ -397,30 +419,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default=None, metavar="DIR",
                    help="trace --profile-steps more steps into DIR/<row> and print a kernel-time table per row")
     p.add_argument("--profile-steps", type=int, default=3, help="steps traced with --profile (default 3)")
-    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    args = p.parse_config_args(sys.argv[1:] if argv is None else argv)
     from absl import flags
 
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()  # grain reads absl flags outside absl.app.run
-    from maskjax.train.validate import ConfigError
+    from maskjax.train.compile_cache import enable_compile_cache
 
     if args.profile_steps < 1:
-        p.error(f"--profile-steps must be >= 1, got {args.profile_steps}")
+        raise UsageError(f"--profile-steps must be >= 1, got {args.profile_steps}")
+    if args.batch is not None and args.batch < 1:
+        raise UsageError(f"--batch must be >= 1, got {args.batch}")
     rows = []
     print(HEADER + "\n|" + "---|" * HEADER.count(" | ") + "---|", flush=True)
-    for spec in args.config:
-        try:
-            config = load(spec, args.override, args.batch)
-            from maskjax.train.compile_cache import enable_compile_cache
-
-            enable_compile_cache(args.compile_cache or config.get("compile_cache_dir"))
-            trace_dir = os.path.join(args.profile, f"row{len(rows)}") if args.profile else None
-            row = bench_config(config, label=spec, steps=args.steps, warmup=args.warmup,
-                               synthetic=args.synthetic_data, workdir=args.workdir, peak=args.peak_tflops,
-                               profile_dir=trace_dir, profile_steps=args.profile_steps)
-        except (FileNotFoundError, KeyError, ValueError, ConfigError) as e:
-            print(f"maskjax bench: {spec}: {e}", file=sys.stderr)
-            return 2
+    for spec, config in zip(args.config_spec, args.config):
+        if args.batch:
+            config.global_batch = args.batch
+        enable_compile_cache(args.compile_cache or config.get("compile_cache_dir"))
+        trace_dir = os.path.join(args.profile, f"row{len(rows)}") if args.profile else None
+        row = bench_config(config, label=spec, steps=args.steps, warmup=args.warmup,
+                           synthetic=args.synthetic_data, workdir=args.workdir, peak=args.peak_tflops,
+                           profile_dir=trace_dir, profile_steps=args.profile_steps)
         rows.append(row)
         print(format_row(row), flush=True)
     for row in rows:
@@ -434,7 +453,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from maskjax.errors import pop_debug_flag, run_command
     from maskjax.host_memory import tune_malloc
 
     tune_malloc()  # before JAX starts its backends, as `maskjax bench` does
-    sys.exit(main())
+    _argv, _debug = pop_debug_flag(sys.argv[1:])
+    sys.exit(run_command("maskjax bench", main, _argv, debug=_debug))

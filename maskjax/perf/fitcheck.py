@@ -17,18 +17,27 @@ Targets:
   (``pip install 'jax[tpu]'``); without it the command says so and exits 2.
 - ``--platform gpu``: the GPUs attached to this machine (the first ``--devices``).
 
-Exit status: 0 fits (or no memory size to compare with), 1 does not fit, 2 usage/environment.
+When the step does not fit, a few more ahead-of-time compiles try the usual remedies (gradient
+accumulation, a remat policy, more FSDP, and combinations; :mod:`maskjax.perf.fit_remedies`)
+and the report ends with the cheapest that fit as ``--config.X=V`` flags to add.
+
+Options: ``--config FILE[:ARG]`` and ``--config.FIELD=VALUE`` overrides as every command
+(:mod:`maskjax.config.commandline`); ``--batch N`` is short for ``--config.global_batch=N``.
+
+Exit status: 0 fits (or no memory size to compare with), 1 does not fit, 2 usage/environment
+(one line on stderr; ``--debug`` shows the traceback).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
 import re
 import sys
 import time
+
+from maskjax.errors import ConfigError, UsageError, UserError, pop_debug_flag, run_command
 
 # Per-chip HBM in GiB (a TPU "device" is a chip; v4/v5p run both TensorCores as one megacore).
 TPU_MEMORY_GIB = {"v4": 32.0, "v5e": 16.0, "v5p": 95.0, "v6e": 32.0}
@@ -50,7 +59,7 @@ for _chips, (_shape, _host) in _GRID.items():
     TPU_TOPOLOGIES[f"v6e-{_chips}"] = (f"v6e:{_shape}", "default", _host)
 
 
-class FitcheckError(RuntimeError):
+class FitcheckError(UserError, RuntimeError):
     """The target cannot be set up on this machine; the message is one line for the user."""
 
 
@@ -151,17 +160,61 @@ def check_config(config, num_devices: int, hosts: int) -> list[str]:
     The fit check reads no data, so missing data files are notes, not errors; anything else
     (mesh, batch divisibility, model fields) raises :class:`~maskjax.train.validate.ConfigError`.
     """
-    from maskjax.train.validate import ConfigError, validate_config
+    from maskjax.train.validate import validate_config
 
     try:
         validate_config(config, num_devices=num_devices, process_count=hosts)
     except ConfigError as e:
-        problems = [line.strip()[2:] for line in str(e).splitlines()[1:]]
+        problems = e.problems
         fatal = [p for p in problems if not any(s in p for s in _DATA_PROBLEMS)]
         if fatal:
-            raise ConfigError("invalid config for this target:\n  - " + "\n  - ".join(fatal)) from None
+            raise ConfigError("invalid config for this target: " + "; ".join(fatal)) from None
         return problems
     return []
+
+
+@dataclasses.dataclass
+class StepCompile:
+    """One ahead-of-time compile of a config's train step (per-device bytes, global FLOPs)."""
+
+    mesh: dict
+    params: int
+    memory: dict                  # bench.memory_breakdown
+    xla_flops: float | None       # every micro-batch counted (see accumulated_flops)
+    analytic_flops: float | None
+    carry_bytes: int              # one copy of the parameters per device
+    compile_s: float
+
+
+def compile_step(config, devices, topology: str | None) -> StepCompile:
+    """Compiles ``config``'s train step for ``devices`` from abstract inputs; nothing is allocated or run."""
+    import jax
+    import numpy as np
+
+    from maskjax.perf.bench import (accumulated_flops, analytic_flops, build_setup, memory_breakdown,
+                                    micro_batch_flops, nominal_examples, xla_flops)
+
+    mesh = _mesh(config, devices, topology)
+    setup = build_setup(config, mesh, nominal_examples(config))
+    batch = {k: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=setup.batch_sharding)
+             for k, s in setup.method.batch_spec().items()}
+    count = analytic_flops(setup.method, config.global_batch)
+    t0 = time.perf_counter()
+    with jax.set_mesh(mesh):
+        compiled = setup.step_fn.lower(setup.abstract_state, batch).compile()
+    compile_s = time.perf_counter() - t0
+    memory = memory_breakdown(compiled)
+    if memory is None:
+        raise FitcheckError(f"XLA gives no memory analysis for {devices[0].device_kind}")
+    accum = int(config.grad_accum)
+    flops = xla_flops(compiled, mesh.size)
+    if accum > 1:
+        flops = accumulated_flops(flops, micro_batch_flops(setup, mesh, int(config.global_batch) // accum), accum)
+    carry = sum(int(np.prod(leaf.sharding.shard_shape(leaf.shape))) * leaf.dtype.itemsize
+                for leaf in jax.tree.leaves(setup.abstract_state["params"]))
+    return StepCompile(mesh=dict(mesh.shape), params=setup.template.num_params(), memory=memory, xla_flops=flops,
+                       analytic_flops=None if count is None else count.train, carry_bytes=carry,
+                       compile_s=compile_s)
 
 
 @dataclasses.dataclass
@@ -174,44 +227,51 @@ class FitReport:
     global_batch: int
     grad_accum: int
     memory: dict               # per device, bytes (bench.memory_breakdown)
-    xla_flops: float | None    # global, per step
+    xla_flops: float | None    # global, per step, every micro-batch counted
     analytic_flops: float | None  # None: the method defines no analytic count
     device_memory_gib: float | None
     fits: bool | None
     compile_s: float
     notes: list
     live_device_bytes: int = 0  # device buffers alive after compiling: ~0, nothing was materialised
+    remedies: dict | None = None  # the remedy search when it does not fit (fit_remedies.RemedySearch)
 
 
 def fit_check(config, *, platform: str = "cpu", devices: int | None = None, topology: str | None = None,
-              device_memory_gib: float | None = None) -> FitReport:
-    """Compiles ``config``'s train step for the target without running it or allocating the model."""
-    import jax
+              device_memory_gib: float | None = None, remedies: bool = True, max_compiles: int = 8,
+              want: int = 3) -> FitReport:
+    """Compiles ``config``'s train step for the target without running it or allocating the model.
 
-    from maskjax.perf.bench import analytic_flops, build_setup, memory_breakdown, nominal_examples, xla_flops
+    When it does not fit and ``remedies`` is set, up to ``max_compiles`` more compiles look for
+    the ``want`` cheapest changes that fit (:mod:`maskjax.perf.fit_remedies`).
+    """
+    import jax
 
     devs, hosts, target = target_devices(platform, devices, topology)
     notes = [f"not checked (no data is read): {p}" for p in check_config(config, len(devs), hosts)]
-    mesh = _mesh(config, devs, topology)
-    setup = build_setup(config, mesh, nominal_examples(config))
-    batch = {k: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=setup.batch_sharding)
-             for k, s in setup.method.batch_spec().items()}
-    count = analytic_flops(setup.method, config.global_batch)
-    t0 = time.perf_counter()
-    with jax.set_mesh(mesh):
-        compiled = setup.step_fn.lower(setup.abstract_state, batch).compile()
-    compile_s = time.perf_counter() - t0
-    memory = memory_breakdown(compiled)
-    if memory is None:
-        raise FitcheckError(f"XLA gives no memory analysis for {target}")
+    base = compile_step(config, devs, topology)
     if device_memory_gib is None:
         device_memory_gib = default_memory_gib(platform, topology, devs[0].device_kind)
-    fits = None if device_memory_gib is None else memory["total"] <= device_memory_gib * 2**30
-    return FitReport(target=target, mesh=dict(mesh.shape), params=setup.template.num_params(),
-                     global_batch=int(config.global_batch), grad_accum=int(config.grad_accum), memory=memory,
-                     xla_flops=xla_flops(compiled, mesh.size), analytic_flops=None if count is None else count.train,
-                     device_memory_gib=device_memory_gib, fits=fits, compile_s=compile_s, notes=notes,
-                     live_device_bytes=int(sum(a.nbytes for a in jax.live_arrays())))
+    budget = None if device_memory_gib is None else int(device_memory_gib * 2**30)
+    fits = None if budget is None else base.memory["total"] <= budget
+    search = None
+    if fits is False and remedies and max_compiles > 0:
+        from maskjax.perf.fit_remedies import Measured, search_remedies
+
+        def measure(candidate) -> Measured:
+            check_config(candidate, len(devs), hosts)
+            c = compile_step(candidate, devs, topology)
+            return Measured(c.memory["total"], c.xla_flops, c.carry_bytes)
+
+        search = search_remedies(config, Measured(base.memory["total"], base.xla_flops, base.carry_bytes),
+                                 temporaries=base.memory["temporaries"], budget=budget, num_devices=len(devs),
+                                 compile_fn=measure, max_compiles=max_compiles, want=want)
+    return FitReport(target=target, mesh=base.mesh, params=base.params, global_batch=int(config.global_batch),
+                     grad_accum=int(config.grad_accum), memory=base.memory, xla_flops=base.xla_flops,
+                     analytic_flops=base.analytic_flops, device_memory_gib=device_memory_gib, fits=fits,
+                     compile_s=base.compile_s, notes=notes,
+                     live_device_bytes=int(sum(a.nbytes for a in jax.live_arrays())),
+                     remedies=None if search is None else dataclasses.asdict(search))
 
 
 def format_report(r: FitReport, label: str) -> str:
@@ -233,6 +293,9 @@ def format_report(r: FitReport, label: str) -> str:
     analytic = "n/a (the method defines no flops())" if r.analytic_flops is None else f"{r.analytic_flops / 1e12:.4g} TFLOP"
     ratio = "" if r.xla_flops is None or r.analytic_flops is None else f" (XLA/analytic {r.xla_flops / r.analytic_flops:.3f})"
     lines.append(f"FLOPs per step: XLA {xla}, analytic {analytic}{ratio}")
+    if r.grad_accum > 1 and r.xla_flops is not None:
+        lines.append(f"  (all {r.grad_accum} micro-batches: XLA counts the accumulation loop's body once, the "
+                     f"other {r.grad_accum - 1} are added from the lowered micro-batch gradient)")
     lines += [f"note: {n}" for n in r.notes]
     if r.fits is None:
         lines.append("fit: unknown (no memory size for this device; pass --device-memory-gib)")
@@ -241,55 +304,87 @@ def format_report(r: FitReport, label: str) -> str:
         verdict = "fits" if r.fits else "does not fit"
         lines.append(f"fit: {verdict} in {r.device_memory_gib:g} GiB per device (needs {need}, "
                      f"{100 * m['total'] / (r.device_memory_gib * 2**30):.1f}%)")
+    if r.remedies is not None:
+        from maskjax.perf.fit_remedies import RemedySearch, Trial, format_remedies
+
+        fields = dict(r.remedies, trials=[Trial(**t) for t in r.remedies["trials"]])
+        lines += format_remedies(RemedySearch(**fields), fmt_bytes)
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``maskjax fitcheck --config FILE[:arg] [--topology v5e-256 | --platform cpu --devices 8] ...``."""
-    p = argparse.ArgumentParser(prog="maskjax fitcheck", description="Ahead-of-time memory check of a train step.")
-    p.add_argument("--config", required=True, help="FILE[:arg]")
+def _parser():
+    import argparse
+
+    from maskjax.config.commandline import ConfigArgumentParser
+
+    p = ConfigArgumentParser(prog="maskjax fitcheck", description=__doc__.split("\n\n")[0] + "\nWhen it does not fit, "
+                             "it compiles the usual remedies and prints the cheapest that fit as flags to add."
+                             "\n\nExamples:\n"
+                             "  maskjax fitcheck --config configs/mae/vit_b16_in1k.py --topology v5e-256\n"
+                             "  maskjax fitcheck --config configs/mae/default.py --platform cpu --devices 8 "
+                             "--config.grad_accum=4")
     p.add_argument("--topology", default=None, help=f"TPU topology, e.g. v5e-256, v4-128, v5p-256 "
                    f"(known: {', '.join(known_topologies())})")
     p.add_argument("--platform", choices=("cpu", "gpu", "tpu"), default=None,
                    help="cpu (simulated devices) or gpu (attached); default tpu with --topology, else cpu")
     p.add_argument("--devices", type=int, default=None, help="number of devices (cpu: simulated)")
     p.add_argument("--device-memory-gib", type=float, default=None, help="memory per device (default: table)")
-    p.add_argument("--batch", type=int, default=None, help="global batch (default: the config's)")
-    p.add_argument("--override", action="append", default=[], help="config override key=value (repeatable)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="global batch (a shortcut for --config.global_batch; default: the config's)")
+    p.add_argument("--max-compiles", type=int, default=8,
+                   help="most extra compiles spent looking for remedies when it does not fit (0: none)")
+    p.add_argument("--remedies", type=int, default=3, help="stop after this many remedies fit")
     p.add_argument("--json", default=None, help="also write the report to this JSON file")
-    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    # The old spelling, kept only to say what replaced it.
+    p.add_argument("--override", action="append", default=[], help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``maskjax fitcheck --config FILE[:arg] [--topology v5e-256 | --platform cpu --devices 8] [--config.X=V]``.
+
+    Returns 0 when it fits (or no memory size is known), 1 when it does not; a usage or
+    environment problem raises a :class:`~maskjax.errors.UserError` (one line, exit status 2).
+    """
+    args = _parser().parse_config_args(sys.argv[1:] if argv is None else argv)
+    if args.override:
+        raise UsageError(f"--override {args.override[0]} is now --config.{args.override[0]} "
+                         f"(any config field, e.g. --config.grad_accum=4)")
     platform = args.platform or ("tpu" if args.topology else "cpu")
     if platform == "tpu" and not args.topology:
-        print("maskjax fitcheck: --platform tpu needs --topology (e.g. v5e-256)", file=sys.stderr)
-        return 2
+        raise UsageError("--platform tpu needs --topology (e.g. v5e-256)")
     if args.devices is not None and args.devices < 1:
-        print(f"maskjax fitcheck: --devices must be at least 1, got {args.devices}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--devices must be at least 1, got {args.devices}")
+    if args.batch is not None and args.batch < 1:
+        raise UsageError(f"--batch must be at least 1, got {args.batch}")
+    if args.max_compiles < 0 or args.remedies < 1:
+        raise UsageError("--max-compiles must be 0 or more and --remedies at least 1")
     if platform == "cpu" and args.devices:
-        try:  # before anything imports jax's backends
-            set_cpu_device_count(args.devices)
-        except FitcheckError as e:
-            print(f"maskjax fitcheck: {e}", file=sys.stderr)
-            return 2
-    from maskjax.perf.bench import load
-    from maskjax.train.validate import ConfigError
-
+        set_cpu_device_count(args.devices)  # before anything starts JAX's backends
+    config = args.config
+    if args.batch is not None:
+        config.global_batch = int(args.batch)
     try:
-        config = load(args.config, args.override, args.batch)
         report = fit_check(config, platform=platform, devices=args.devices, topology=args.topology,
-                           device_memory_gib=args.device_memory_gib)
-    except FitcheckError as e:
-        print(f"maskjax fitcheck: {e}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, KeyError, ValueError, ConfigError) as e:
-        print(f"maskjax fitcheck: {args.config}: {e}", file=sys.stderr)
-        return 2
-    print(format_report(report, args.config), flush=True)
+                           device_memory_gib=args.device_memory_gib, max_compiles=args.max_compiles,
+                           want=args.remedies)
+    except ValueError as e:
+        if isinstance(e, UserError):
+            raise
+        # resolve_mesh_shape and the trainer's setup say what is wrong with the config as a ValueError.
+        raise ConfigError(f"{args.config_spec}: {e}") from e
+    print(format_report(report, args.config_spec), flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dataclasses.asdict(report), f, indent=2)
     return 1 if report.fits is False else 0
 
 
+def run(argv: list[str] | None = None) -> None:
+    """``python -m maskjax.perf.fitcheck``: :func:`main` with one-line errors (``--debug``: tracebacks)."""
+    argv, debug = pop_debug_flag(list(sys.argv[1:] if argv is None else argv))
+    sys.exit(run_command("maskjax fitcheck", main, argv, debug=debug))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

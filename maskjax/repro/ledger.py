@@ -18,6 +18,9 @@ import os
 import platform
 import subprocess
 import time
+from typing import Sequence
+
+from maskjax.errors import UsageError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -81,11 +84,13 @@ SMOKE_EVALS = {
 }
 
 
-def build_row_config(table: Table, row: Row, smoke: bool = False):
-    """The resolved config of one row (base recipe + table overrides + row overrides)."""
+def build_row_config(table: Table, row: Row, smoke: bool = False, overrides: Sequence[tuple[str, str]] = ()):
+    """The resolved config of one row (base recipe + table overrides + row overrides + the command
+    line's ``--config.X=V`` ``overrides``, applied last)."""
     import ml_collections
 
     from maskjax.config import apply_overrides, load_config
+    from maskjax.config.commandline import apply_text_overrides
 
     config = load_config(os.path.join(REPO_ROOT, table.config))
     base = dict(table.base)
@@ -102,6 +107,7 @@ def build_row_config(table: Table, row: Row, smoke: bool = False):
     if smoke:
         apply_overrides(config, SMOKE if table.smoke is None else table.smoke)
     config.progress = config.progress and not smoke
+    apply_text_overrides(config, overrides)
     return config
 
 
@@ -149,11 +155,12 @@ def commit() -> str:
         return "unknown"
 
 
-def run_row(table: Table, row: Row, runs_dir: str, smoke: bool = False) -> dict:
+def run_row(table: Table, row: Row, runs_dir: str, smoke: bool = False,
+            overrides: Sequence[tuple[str, str]] = ()) -> dict:
     """Trains and evaluates one row (or reads its finished result); returns its metrics."""
     from maskjax.train.loop import train
 
-    config = build_row_config(table, row, smoke)
+    config = build_row_config(table, row, smoke, overrides)
     workdir = os.path.join(runs_dir, row_slug(config))
     result_path = os.path.join(workdir, "row_result.json")
     evals = json.loads(config.evals.to_json(sort_keys=True))
@@ -242,14 +249,18 @@ def _setup_text(table: Table, smoke: bool) -> str:
             "evaluated on the 2,000 bundled test images.")
 
 
-def run_table(name: str, *, out_dir: str, runs_dir: str, smoke: bool = False, max_rows: int | None = None) -> str:
-    """Runs table ``name`` and writes its markdown page; returns the page's path."""
+def run_table(name: str, *, out_dir: str, runs_dir: str, smoke: bool = False, max_rows: int | None = None,
+              overrides: Sequence[tuple[str, str]] = ()) -> str:
+    """Runs table ``name`` and writes its markdown page; returns the page's path.
+
+    ``overrides`` (``--config.X=V`` pairs) apply to every row, after the table's own.
+    """
     if name not in tables():
-        raise SystemExit(f"maskjax repro: unknown table {name!r}; known: {', '.join(sorted(tables()))}")
+        raise UsageError(f"unknown table {name!r}; known: {', '.join(sorted(tables()))} (maskjax repro --list)")
     table = tables()[name]
     if max_rows:
         table = dataclasses.replace(table, rows=table.rows[:max_rows])
-    results = [run_row(table, row, runs_dir, smoke) for row in table.rows]
+    results = [run_row(table, row, runs_dir, smoke, overrides) for row in table.rows]
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{name}{'_smoke' if smoke else ''}.md")
     with open(path, "w") as f:
@@ -259,14 +270,21 @@ def run_table(name: str, *, out_dir: str, runs_dir: str, smoke: bool = False, ma
 
 
 def main(argv: list[str]) -> int:
-    """``maskjax repro NAME [--smoke] [--out docs/results] [--runs runs/repro] [--max-rows N]``."""
-    parser = argparse.ArgumentParser(prog="maskjax repro", description=main.__doc__)
+    """``maskjax repro NAME [--smoke] [--out docs/results] [--runs runs/repro] [--max-rows N] [--config.X=V ...]``."""
+    from maskjax.config.commandline import split_overrides
+
+    parser = argparse.ArgumentParser(
+        prog="maskjax repro", description="Runs a reproduction table (config rows) and writes its page. Each "
+        "row's config comes from the table; --config.FIELD=VALUE overrides apply to every row, after the table's "
+        "own (and change the rows' run directories).")
     parser.add_argument("name", nargs="?", help=f"one of: {', '.join(sorted(tables()))}, or 'all'")
     parser.add_argument("--smoke", action="store_true", help="tiny rows (proves the pipeline, seconds)")
     parser.add_argument("--out", default=os.path.join(REPO_ROOT, "docs", "results"))
     parser.add_argument("--runs", default=os.path.join("runs", "repro"))
     parser.add_argument("--max-rows", type=int, default=None)
     parser.add_argument("--list", action="store_true", help="list the tables")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (default: one line)")
+    argv, overrides = split_overrides(argv)
     args = parser.parse_args(argv)
     if args.list or not args.name:
         for name, table in sorted(tables().items()):
@@ -274,5 +292,6 @@ def main(argv: list[str]) -> int:
         return 0
     names = sorted(tables()) if args.name == "all" else [args.name]
     for name in names:
-        run_table(name, out_dir=args.out, runs_dir=args.runs, smoke=args.smoke, max_rows=args.max_rows)
+        run_table(name, out_dir=args.out, runs_dir=args.runs, smoke=args.smoke, max_rows=args.max_rows,
+                  overrides=overrides)
     return 0

@@ -11,6 +11,8 @@ import os
 
 import jax
 
+from maskjax.errors import UsageError
+
 
 def enable_compile_cache(path: str | None) -> str | None:
     """Points JAX's persistent compilation cache at ``path`` (created if needed); None leaves it alone.
@@ -24,7 +26,7 @@ def enable_compile_cache(path: str | None) -> str | None:
         return None
     path = os.path.abspath(os.path.expanduser(path))
     if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"compile cache {path!r} exists and is not a directory (--compile_cache / "
+        raise UsageError(f"compile cache {path!r} exists and is not a directory (--compile_cache / "
                          f"config.compile_cache_dir)")
     os.makedirs(path, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", path)

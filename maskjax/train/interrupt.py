@@ -20,12 +20,15 @@ import os
 import shutil
 import signal
 import threading
+from typing import Callable
+
+from maskjax.errors import UserError
 
 # Orbax's marker of a step folder that was never finalized (orbax.checkpoint atomicity_types).
 TMP_MARKER = ".orbax-checkpoint-tmp"
 
 
-class Interrupted(Exception):
+class Interrupted(UserError):
     """Training stopped at a step boundary on a signal; the checkpoint of that step is on disk.
 
     ``step``: the last finished step; ``signum``: the signal; ``checkpoint_dir``: where the
@@ -98,6 +101,48 @@ class StopSignals:
             # None means the old handler was not installed from Python; default is the best guess.
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
         self._previous.clear()
+
+
+class StopAgreement:
+    """When to stop, agreed by every process of a job.
+
+    In one process the answer is simply "a stop signal arrived". In a multi-process job the
+    processes may get their signals at different steps (or only some of them get one), and a
+    process that stops alone leaves the others waiting in a collective. So they compare notes
+    with one tiny host all-gather every ``every`` steps (the log interval, where the loop syncs
+    anyway) and stop together at the first such step where any of them was signalled. Every
+    process calls :meth:`should_stop` at the same steps, so the all-gathers pair up.
+    """
+
+    def __init__(self, signals: StopSignals | None, every: int, process_count: int = 1,
+                 gather: Callable[[bool], list[bool]] | None = None):
+        self.signals, self.every, self.process_count = signals, max(int(every), 1), process_count
+        self._gather = gather or _allgather_flags
+        self._decided = False
+        self._checked: tuple[int, bool] | None = None
+        self.signum: int | None = None  # the signal to report: this process's, else SIGTERM (a peer's)
+
+    def should_stop(self, step: int) -> bool:
+        """True once the job agreed to stop; checked at ``step`` (a step boundary)."""
+        if self._decided or self.signals is None:
+            return self._decided
+        if self.process_count == 1:
+            self._decided = self.signals.requested
+        elif self._checked is not None and self._checked[0] == step:
+            return self._checked[1]  # one all-gather per step, however often the loop asks
+        elif step % self.every == 0:
+            self._decided = any(self._gather(self.signals.requested))
+            self._checked = (step, self._decided)
+        if self._decided:
+            self.signum = self.signals.signum if self.signals.signum is not None else int(signal.SIGTERM)
+        return self._decided
+
+
+def _allgather_flags(flag: bool) -> list[bool]:
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return [bool(x) for x in np.asarray(multihost_utils.process_allgather(np.array([flag]))).reshape(-1)]
 
 
 def remove_partial_checkpoints(checkpoint_dir: str) -> list[str]:

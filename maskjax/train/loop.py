@@ -14,11 +14,13 @@ import jax
 import numpy as np
 
 from maskjax.data.modalities import get_modality
+from maskjax.data import bad_record_count
 from maskjax.data.pipeline import to_global_batch
-from maskjax.errors import NonFiniteLoss
+from maskjax.errors import DataError, NonFiniteLoss, UsageError
 from maskjax.methods import make_method, method_modality
+from maskjax.progress import phase
 from maskjax.core.checkpoint import Checkpointer, process_layout
-from maskjax.train.metrics import MetricWriter, Progress, rewind_metrics
+from maskjax.train.metrics import MetricWriter, Progress, drop_eval_records, rewind_metrics
 from maskjax.train.optim import make_optimizer, make_schedule, peak_lr
 from maskjax.core.sharding import batch_sharding, make_mesh, normalize_rules
 from maskjax.core.state import ModelTemplate, abstract_state, create_state
@@ -41,6 +43,23 @@ class TrainResult:
     total_steps: int
     history: list[dict]  # the most recent per-step metrics (up to 10,000 steps)
     steps_per_sec: float
+    # True when the workdir already held the final checkpoint (restored intact): nothing was trained.
+    already_complete: bool = False
+    evals_rerun: bool = False  # a finished run's final evaluators ran again (force_evals)
+
+    def summary(self, workdir: str) -> str:
+        """The line ``maskjax train`` ends with: done, complete, or stopped early."""
+        if self.already_complete and self.evals_rerun:
+            return (f"run complete (step {self.step}/{self.total_steps}); its final evaluators ran again "
+                    f"(--force_evals) and replaced their records in {workdir}")
+        if self.already_complete:
+            return (f"run complete: {workdir} already holds the final checkpoint (step {self.step}/"
+                    f"{self.total_steps}); nothing to train. --force_evals re-runs the final evaluators; "
+                    f"a new --workdir starts a new run")
+        if self.step >= self.total_steps:
+            return f"done: step {self.step}/{self.total_steps}, run complete, workdir {workdir}"
+        return (f"stopped at step {self.step}/{self.total_steps} (--stop_at_step), checkpoint saved; "
+                f"run the same command without --stop_at_step to continue, workdir {workdir}")
 
 
 def config_hash(config) -> str:
@@ -64,15 +83,23 @@ def open_eval_source(config):
 
 
 def schedule_steps(config, num_examples: int) -> tuple[int, int, int]:
-    """(steps_per_epoch, total_steps, warmup_steps) from epochs or an explicit total_steps."""
+    """(steps_per_epoch, total_steps, warmup_steps) from epochs or an explicit total_steps.
+
+    Warm-up follows the run's length: ``optim.warmup_steps`` is a number of steps; otherwise the
+    warm-up is the recipe's fraction ``warmup_epochs / epochs`` of ``total_steps``, so a
+    ``--config.total_steps`` override shortens the warm-up with the run (without one,
+    ``warmup_epochs`` epochs of steps).
+    """
     steps_per_epoch = num_examples // config.global_batch
     if steps_per_epoch < 1:
-        raise ValueError(f"the dataset has {num_examples} examples, fewer than one global batch of "
-                         f"{config.global_batch}; lower global_batch")
+        raise DataError(f"the dataset has {num_examples} examples, fewer than one global batch of "
+                        f"{config.global_batch}; lower global_batch")
     # "is None", not "or": validation refuses total_steps <= 0, and 0 must never mean "use epochs".
     total = config.total_steps if config.total_steps is not None else int(round(config.epochs * steps_per_epoch))
     if config.optim.get("warmup_steps") is not None:
         warmup = min(int(config.optim.warmup_steps), total)
+    elif config.total_steps is not None and config.epochs:
+        warmup = min(int(round(config.optim.warmup_epochs / config.epochs * total)), total)
     else:
         warmup = min(int(round(config.optim.warmup_epochs * steps_per_epoch)), total)
     return steps_per_epoch, total, warmup
@@ -155,7 +182,7 @@ def evaluate(config, workdir: str, state: dict, template: ModelTemplate, method,
 
 
 def train(config, workdir: str, *, stop_at_step: int | None = None, run_evals: bool = True,
-          watchdog=None, allow_config_change: bool = False) -> TrainResult:
+          watchdog=None, allow_config_change: bool = False, force_evals: bool = False) -> TrainResult:
     """Trains ``config`` in ``workdir``, resuming from the newest checkpoint there if any.
 
     Holds ``WORKDIR/.maskjax.lock`` while it runs (process 0; :mod:`maskjax.train.workdir_lock`)
@@ -169,7 +196,7 @@ def train(config, workdir: str, *, stop_at_step: int | None = None, run_evals: b
     from maskjax.train.resume_config import check_resume_config
     from maskjax.train.workdir_lock import WorkdirLock
 
-    os.makedirs(workdir, exist_ok=True)
+    make_workdir(workdir)
     # One lock per job: the processes of a multi-process run share the workdir.
     with WorkdirLock(workdir, enabled=jax.process_index() == 0) as lock, StopSignals() as signals:
         if lock.describe_takeover():
@@ -183,11 +210,21 @@ def train(config, workdir: str, *, stop_at_step: int | None = None, run_evals: b
         if saved_steps(ckpt_dir):  # a resume: compare with the config.json of the checkpointed run
             check_resume_config(config, workdir, allow=allow_config_change, say=_say)
         return _train(config, workdir, stop_at_step=stop_at_step, run_evals=run_evals, watchdog=watchdog,
-                      stop_signals=signals)
+                      stop_signals=signals, force_evals=force_evals)
+
+
+def make_workdir(workdir: str) -> None:
+    """Creates ``workdir`` (and parents); a path that is a file, or cannot be made, is a UsageError."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise UsageError(f"workdir {workdir!r} is a file, not a directory; choose another --workdir")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create workdir {workdir!r}: {e.strerror or e}") from None
 
 
 def _train(config, workdir: str, *, stop_at_step: int | None = None, run_evals: bool = True,
-           watchdog=None, stop_signals=None) -> TrainResult:
+           watchdog=None, stop_signals=None, force_evals: bool = False) -> TrainResult:
     """The training run behind :func:`train` (which holds the workdir lock and signal handlers).
 
     ``stop_at_step`` ends the run early (with a checkpoint) as a preemption would; the schedule
@@ -195,6 +232,9 @@ def _train(config, workdir: str, *, stop_at_step: int | None = None, run_evals: 
     Evaluators in ``config.evals`` run at their interval and after the last step
     (``run_evals=False`` skips them). ``watchdog`` (a :class:`~maskjax.train.watchdog.StepWatchdog`)
     reports a step that does not finish in time; by default one of ``config.watchdog_seconds``.
+    A workdir that already holds the final checkpoint trains nothing: it restores it (a damaged one falls back as usual) and returns
+    (``already_complete``), or, with ``force_evals``, re-runs the final evaluators and replaces
+    their records.
     """
     from maskjax.train.watchdog import StepWatchdog
 
@@ -231,6 +271,11 @@ def _train(config, workdir: str, *, stop_at_step: int | None = None, run_evals: 
     else:
         state, shardings = create_state(template, method.build, tx, mesh, rules, init_key)
     start = int(jax.device_get(state["step"]))
+    if start >= total_steps and not (force_evals and run_evals):
+        # Restored (so a damaged final checkpoint falls back and trains again), nothing to do.
+        ckpt.close()
+        return TrainResult(state=state, template=template, method=method, mesh=mesh, config=config, step=start,
+                           total_steps=total_steps, history=[], steps_per_sec=0.0, already_complete=True)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2, sort_keys=True))
@@ -252,9 +297,15 @@ def _train(config, workdir: str, *, stop_at_step: int | None = None, run_evals: 
     last_ckpt = latest
     step = start
 
-    def stopping() -> bool:
-        return stop_signals is not None and stop_signals.requested
+    from maskjax.train.interrupt import StopAgreement
 
+    # Multi-process jobs agree on the stop step at log boundaries (maskjax.train.interrupt).
+    agreement = StopAgreement(stop_signals, config.log_every_steps, jax.process_count())
+
+    def stopping() -> bool:
+        return agreement.should_stop(step)
+
+    leaving_now = False
     window_t0, window_s0, wait = time.perf_counter(), step, 0.0
     run_t0 = time.perf_counter()
 
@@ -267,7 +318,12 @@ def _train(config, workdir: str, *, stop_at_step: int | None = None, run_evals: 
         now = time.perf_counter()
         rate = (step - window_s0) / max(now - window_t0, 1e-9)
         mean = {k: float(np.mean([m[k] for _, m in records])) for k in records[-1][1]}
+        # The lr is the schedule's value at the logged step (that step's update), not the
+        # window's mean, which lags the schedule (a warm-up seemed to peak a window late).
+        mean["lr"] = records[-1][1].get("lr", mean.get("lr", 0.0))
         mean.update(steps_per_sec=rate, data_wait=wait / max(now - window_t0, 1e-9))
+        if bad_record_count():  # unreadable records skipped so far (this process's readers)
+            mean["data/bad_records"] = float(bad_record_count())
         for s, m in records:
             history.append({"step": s, **m})
         writer.write(step, mean)
@@ -289,7 +345,14 @@ def _train(config, workdir: str, *, stop_at_step: int | None = None, run_evals: 
                 t0 = time.perf_counter()
                 host_batch = next(data_iter)
                 wait += time.perf_counter() - t0
-                state, metrics = step_fn(state, to_global_batch(host_batch, bsharding))
+                if step == start and config.progress:
+                    # Compilation happens in the first call: block on it once, so the line gives
+                    # the real time (later steps stay asynchronous).
+                    with phase("compiling the train step (and running its first step)", quiet_below=0):
+                        state, metrics = step_fn(state, to_global_batch(host_batch, bsharding))
+                        jax.block_until_ready(metrics)
+                else:
+                    state, metrics = step_fn(state, to_global_batch(host_batch, bsharding))
                 step += 1
                 pending.add(step, metrics)
                 if step % config.log_every_steps == 0:
@@ -309,16 +372,28 @@ def _train(config, workdir: str, *, stop_at_step: int | None = None, run_evals: 
     except KeyboardInterrupt:
         # Only a second Ctrl-C gets here (the first one is a stop request): leave at once. An
         # unfinished save stays a *.orbax-checkpoint-tmp folder, removed at the next start.
+        leaving_now = True
+        raise
+    except BaseException:
+        # In a multi-process job the peers may be stuck in a collective: waiting for the save
+        # (Orbax finalizes it with a barrier) could hang; exit_fast_on_error ends the process.
+        leaving_now = jax.process_count() > 1
         raise
     finally:
         writer.close()
-    ckpt.close()
+        progress.close()  # a bar left open by an early stop or an error
+        if not leaving_now:
+            # Also on an error (bad data, NaN): a save in flight finishes intact instead of
+            # breaking at interpreter exit with Orbax tracebacks after the one-line message.
+            ckpt.close()
     if stopping():
         from maskjax.train.interrupt import Interrupted
 
-        raise Interrupted(step, stop_signals.signum, ckpt.directory, saved=step > start)
+        raise Interrupted(step, agreement.signum, ckpt.directory, saved=step > start)
     elapsed = time.perf_counter() - run_t0
-    if run_evals and step >= total_steps:
+    if run_evals and step >= total_steps and (step > start or force_evals):
+        if step == start:  # a finished run's evaluators again: their new records replace the old
+            drop_eval_records(workdir, step)
         results = evaluate(config, workdir, state, template, method, source, step, final=True)
         if results:
             writer = MetricWriter(workdir)
@@ -326,7 +401,8 @@ def _train(config, workdir: str, *, stop_at_step: int | None = None, run_evals: 
             writer.close()
     return TrainResult(state=state, template=template, method=method, mesh=mesh, config=config, step=step,
                        total_steps=total_steps, history=list(history),
-                       steps_per_sec=(step - start) / elapsed if elapsed > 0 else 0.0)
+                       steps_per_sec=(step - start) / elapsed if elapsed > 0 else 0.0,
+                       already_complete=step == start >= total_steps, evals_rerun=step == start >= total_steps)
 
 
 def _version() -> str:

@@ -11,6 +11,8 @@ from typing import Any
 
 import jax
 
+from maskjax.progress import format_duration
+
 
 class MetricWriter:
     """Writes ``{"step": s, **metrics}`` lines to ``workdir/metrics.jsonl`` on process 0.
@@ -65,7 +67,14 @@ def rewind_jsonl(path: str, step: int) -> int:
     """Drops the records of ``path`` with ``"step" > step`` (and a torn last line); returns how many.
 
     A resumed run restarts at its checkpoint's step, so records a dead run wrote after that
-    checkpoint would otherwise appear twice. The file is rewritten beside and renamed over the
+    checkpoint would otherwise appear twice.
+    """
+    return filter_jsonl(path, lambda record: int(record.get("step", 0)) <= step)
+
+
+def filter_jsonl(path: str, keep) -> int:
+    """Keeps the records of ``path`` (dicts) for which ``keep(record)``; drops the rest and torn
+    lines; returns how many were dropped. The file is rewritten beside and renamed over the
     original, so a crash here leaves the old or the new file, never a mix.
     """
     if not os.path.exists(path):
@@ -80,7 +89,7 @@ def rewind_jsonl(path: str, step: int) -> int:
             except ValueError:  # a line cut short by a kill in the middle of a write
                 dropped += 1
                 continue
-            if isinstance(record, dict) and int(record.get("step", 0)) > step:
+            if isinstance(record, dict) and not keep(record):
                 dropped += 1
             else:
                 kept.append(line if line.endswith("\n") else line + "\n")
@@ -90,6 +99,24 @@ def rewind_jsonl(path: str, step: int) -> int:
             f.writelines(kept)
         os.replace(tmp, path)
     return dropped
+
+
+def drop_eval_records(workdir: str, step: int) -> int:
+    """Drops the evaluator records of ``step`` (``eval/...`` keys) from ``metrics.jsonl`` and
+    ``eval_results.jsonl`` (process 0 only); returns how many.
+
+    Called before a finished run's final evaluators run again (``--force_evals``), so each
+    evaluation of a checkpoint is recorded once.
+    """
+    if jax.process_index() != 0:
+        return 0
+
+    def is_eval_of_step(record: dict) -> bool:
+        keys = [k for k in record if k != "step"]
+        return int(record.get("step", -1)) == step and bool(keys) and all(k.startswith("eval/") for k in keys)
+
+    return sum(filter_jsonl(os.path.join(workdir, name), lambda r: not is_eval_of_step(r))
+               for name in ("metrics.jsonl", "eval_results.jsonl"))
 
 
 def rewind_metrics(workdir: str, step: int) -> int:
@@ -104,20 +131,15 @@ def rewind_metrics(workdir: str, step: int) -> int:
                for name in ("metrics.jsonl", "eval_results.jsonl"))
 
 
-def format_duration(seconds: float) -> str:
-    """1h02m, 3m05s or 12s."""
-    seconds = max(int(seconds), 0)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    if h:
-        return f"{h}h{m:02d}m"
-    if m:
-        return f"{m}m{s:02d}s"
-    return f"{s}s"
-
-
 class Progress:
-    """One console line per log interval: step, loss, lr, steps/s and ETA (process 0 only)."""
+    """The training progress of process 0: a bar on a terminal, one plain line per log interval elsewhere.
+
+    Each update shows step, loss, lr, gradient norm, steps/s, data wait and ETA. On a terminal
+    (``stream.isatty()``, ``MASKJAX_PROGRESS`` not ``plain``/``0``) that is a tqdm bar whose
+    text is the same fields; otherwise (logs, CI) it is the line ``step 50/1000 | loss ... |
+    ETA 3m05s``. ``MASKJAX_PROGRESS=0`` silences bars and evaluator progress, but the trainer
+    keeps its plain lines (they are the training log; ``config.progress`` turns them off).
+    """
 
     def __init__(self, total_steps: int, start_step: int = 0, enabled: bool = True, stream=None):
         self.total = total_steps
@@ -125,6 +147,18 @@ class Progress:
         self.stream = stream or sys.stdout
         self._t0 = time.perf_counter()
         self._s0 = start_step
+        self._bar = None
+        from maskjax.progress import use_bar
+
+        if self.enabled and use_bar(self.stream):
+            from tqdm import tqdm
+
+            # The rate and ETA shown are the loop's (recent steps/s), in the postfix: tqdm's own
+            # would count the first step's compilation, and a bar updated once per log interval
+            # gives its smoothing little to work with. miniters/mininterval: draw at every update.
+            self._bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", file=self.stream,
+                             dynamic_ncols=True, miniters=1, mininterval=0,
+                             bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
 
     def rate(self, step: int) -> float:
         """Steps per second since the start of this run (compilation included in the first)."""
@@ -132,7 +166,7 @@ class Progress:
         return (step - self._s0) / elapsed if elapsed > 0 else 0.0
 
     def update(self, step: int, metrics: dict[str, float], rate: float) -> None:
-        """Prints the progress line for ``step`` given the recent steps/s ``rate``."""
+        """Shows the progress at ``step`` given the recent steps/s ``rate`` (the bar closes at the last step)."""
         if not self.enabled:
             return
         eta = (self.total - step) / rate if rate > 0 else float("nan")
@@ -143,5 +177,17 @@ class Progress:
         parts.append(f"{rate:.2f} steps/s")
         if "data_wait" in metrics:
             parts.append(f"data wait {100 * metrics['data_wait']:.0f}%")
-        parts.append(f"ETA {format_duration(eta) if math.isfinite(eta) else '?'}")
-        print(" | ".join(parts), file=self.stream, flush=True)
+        parts.append(f"ETA {format_duration(eta)}")
+        if self._bar is None:
+            print(" | ".join(parts), file=self.stream, flush=True)
+            return
+        self._bar.set_postfix_str(" | ".join(parts[1:]), refresh=False)
+        self._bar.update(step - self._bar.n)
+        if step >= self.total:
+            self.close()
+
+    def close(self) -> None:
+        """Finishes the bar (idempotent; nothing to do for plain lines). Call it when training stops early."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

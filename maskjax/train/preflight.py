@@ -21,13 +21,15 @@ from typing import Any, Sequence
 
 import jax
 
+from maskjax.errors import UserError
+
 #: Facts that must be identical on every process (in the order they are reported).
 MUST_MATCH = ("maskjax", "jax", "jaxlib", "config_hash", "platform", "local_device_count", "device_count")
 
 _round = 0  # bumped per call so that repeated preflights in one job use fresh keys
 
 
-class PreflightError(RuntimeError):
+class PreflightError(UserError, RuntimeError):
     """The processes of a multi-process run disagree (or one did not report in time)."""
 
 

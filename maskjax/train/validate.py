@@ -138,5 +138,7 @@ def validate_config(config, num_devices: int | None = None, process_count: int |
     _check_evals(config, errors)
     if _is_number(config.global_batch) and config.global_batch > 0:  # else reported above
         _check_batch(config, errors, num_devices, process_count)
+    if len(errors) == 1:
+        raise ConfigError(f"invalid config: {errors[0]}", problems=errors)
     if errors:
-        raise ConfigError("invalid config:\n  - " + "\n  - ".join(errors))
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(errors), problems=errors)

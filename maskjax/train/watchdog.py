@@ -26,6 +26,8 @@ import time
 import traceback
 from typing import Callable, TextIO
 
+from maskjax.errors import UserError
+
 log = logging.getLogger(__name__)
 
 #: Exit status of a process the watchdog aborted (distinct from Python's 1 and the shell's 124).
@@ -96,6 +98,10 @@ def exit_fast_on_error(code: int = 1):
             status = e.code if isinstance(e.code, int) else 1
             if not isinstance(e.code, int):
                 print(e.code, file=sys.stderr)  # sys.exit("message") prints it; keep that
+        elif isinstance(e, UserError):
+            # One line, as maskjax.errors.run_command prints it in a single process.
+            print(f"maskjax train: {e}", file=sys.stderr)
+            status = e.exit_status
         else:
             traceback.print_exc()
             status = code

@@ -24,10 +24,12 @@ import json
 import os
 import socket
 
+from maskjax.errors import UserError
+
 LOCK_NAME = ".maskjax.lock"
 
 
-class WorkdirLocked(RuntimeError):
+class WorkdirLocked(UserError, RuntimeError):
     """Another live run holds the workdir."""
 
 

@@ -194,6 +194,6 @@ def test_wrong_kind_and_unknown_size_are_refused(pretrain_sd):
 def test_cli_reports_errors_without_traceback(pretrain_sd, tmp_path, capsys):
     path = str(tmp_path / "ckpt.pth")
     save_torch(pretrain_sd, path, nest="model")
-    assert convert_main(["mae-official", path, str(tmp_path / "out"), "--variant", "B/16"]) == 1
+    assert convert_main(["mae-official", path, str(tmp_path / "out"), "--variant", "B/16"]) == 2
     err = capsys.readouterr().err
     assert "error: checkpoint is ViT mu/4 but B/16 was requested" in err and "Traceback" not in err

@@ -159,7 +159,7 @@ def test_cli_round_trip_through_folders(converted, tmp_path):
     ref, _ = hf_forward(hf, video, mask)
     assert_close("VideoMAE via CLI", apply(loaded, jnp.asarray(video), mask)[0], ref)
     assert cli.main(["maskjax-to-hf-videomae", str(mj_dir), str(back_dir)]) == 0
-    assert cli.main(["maskjax-to-hf-videomae", str(mj_dir), str(back_dir)]) == 1  # exists, no --overwrite
+    assert cli.main(["maskjax-to-hf-videomae", str(mj_dir), str(back_dir)]) == 2  # exists, no --overwrite
     back = hf_from_folder("VideoMAEForPreTraining", str(back_dir))
     back.decoder.norm.eps = 1e-6
     for k, v in hf.state_dict().items():
@@ -221,7 +221,7 @@ def test_mismatches_raise_clear_errors(converted, tmp_path):
     # The CLI reports (exit 1) instead of raising.
     not_a_model = tmp_path / "empty"
     not_a_model.mkdir()
-    assert cli.main(["maskjax-to-hf-videomae", str(not_a_model), str(tmp_path / "x")]) == 1
+    assert cli.main(["maskjax-to-hf-videomae", str(not_a_model), str(tmp_path / "x")]) == 2
 
 
 def test_converted_directory_restores_bitwise(converted, tmp_path):

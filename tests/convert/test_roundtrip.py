@@ -72,7 +72,7 @@ def test_cli_round_trip_converted_dir(tmp_path):
     assert_bitwise_equal(params, params2)
     assert_bitwise_equal(extra, extra2)
     # outputs are never overwritten by accident
-    assert convert_main(["maskjax-to-hf", src, str(tmp_path / "hf")]) == 1
+    assert convert_main(["maskjax-to-hf", src, str(tmp_path / "hf")]) == 2
 
 
 def test_cli_exports_a_training_workdir(tmp_path, tiny):

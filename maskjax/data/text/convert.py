@@ -44,6 +44,7 @@ from maskjax.data.text.records import (  # noqa: F401
     record_dtype,
 )
 from maskjax.data.text.tokenizer import WordPieceTokenizer, load_tokenizer, vocab_sha256
+from maskjax.progress import phase, progress
 
 DEFAULT_SHARD_SIZE = 65536
 # Lines handed to the Rust tokenizer per call: large enough to use its thread pool well.
@@ -104,6 +105,16 @@ def tokenize_documents(
             yield from flush()
             pending, count = [], 0
     yield from flush()
+
+
+def _counted(documents: Iterable, bar, every: int = 16) -> Iterator:
+    """``documents`` unchanged, counted on ``bar`` in batches of ``every`` (cheaper than per document)."""
+    k = 0
+    for k, doc in enumerate(documents, 1):
+        yield doc
+        if k % every == 0:
+            bar.update(every)
+    bar.update(k % every)
 
 
 def _shard_name(i: int) -> str:
@@ -191,23 +202,36 @@ def tokenize_to_array_record(
         if name.startswith("blocks-") and name.endswith(".array_record"):
             os.remove(os.path.join(out_dir, name))  # stale shards of a previous, longer run
     tok = tokenizer
-    docs = iter_documents(source, max_documents)
+    total = None
+    if hasattr(source, "__len__") and hasattr(source, "__getitem__"):  # as iter_documents reads it
+        total = len(source) if max_documents is None else min(len(source), max_documents)
+    bar = progress(total=total, desc="tokenize", unit="doc")
+    docs = _counted(iter_documents(source, max_documents), bar)
     writer = _ShardWriter(out_dir, shard_size)
     try:
         if nsp:
-            tokenized = list(tokenize_documents(docs, tok, sentences=True, sentence_splitter=sentence_splitter))
-            blocks = nsp_pairs(tokenized, seq_len, tok.cls_id, tok.sep_id, tok.pad_id,
-                               short_seq_prob=short_seq_prob, seed=seed)
-            for start in range(0, len(blocks["input_ids"]), 4096):
-                writer.write(encode_blocks({k: v[start : start + 4096] for k, v in blocks.items()}, True))
+            with bar:
+                tokenized = list(tokenize_documents(docs, tok, sentences=True, sentence_splitter=sentence_splitter))
+            with phase(f"tokenize: pairing sentences of {len(tokenized)} documents"):
+                blocks = nsp_pairs(tokenized, seq_len, tok.cls_id, tok.sep_id, tok.pad_id,
+                                   short_seq_prob=short_seq_prob, seed=seed)
+            n_blocks = len(blocks["input_ids"])
+            with progress(total=n_blocks, desc="tokenize: writing blocks", unit="block") as out_bar:
+                for start in range(0, n_blocks, 4096):
+                    writer.write(encode_blocks({k: v[start : start + 4096] for k, v in blocks.items()}, True))
+                    out_bar.update(min(4096, n_blocks - start))
         else:
             packer = BlockPacker(seq_len, tok.cls_id, tok.sep_id, tok.pad_id, doc_separator)
-            for k, (ids, ws) in enumerate(tokenize_documents(docs, tok)):
-                packer.add(ids, ws)
-                if k % 1024 == 1023:
-                    writer.write(encode_blocks(packer.pop_full(), False))
-            writer.write(encode_blocks(packer.finish(), False))
+            with bar:
+                for k, (ids, ws) in enumerate(tokenize_documents(docs, tok)):
+                    packer.add(ids, ws)
+                    if k % 1024 == 1023:
+                        writer.write(encode_blocks(packer.pop_full(), False))
+                        bar.set_postfix_str(f"{sum(writer.counts)} blocks")
+                writer.write(encode_blocks(packer.finish(), False))
+                bar.set_postfix_str(f"{sum(writer.counts)} blocks")
     finally:
+        bar.close()
         writer.close()
     num_blocks = int(sum(writer.counts))
     if num_blocks == 0:

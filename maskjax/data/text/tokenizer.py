@@ -27,6 +27,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from maskjax.progress import phase
+
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 CONTINUATION_PREFIX = "##"
 # BERT's WordpieceTokenizer turns longer words into a single [UNK].
@@ -248,7 +250,9 @@ def _train_rust(paths: list[str], vocab_size: int, lowercase: bool, min_frequenc
         continuing_subword_prefix=CONTINUATION_PREFIX,
         show_progress=False,
     )
-    tok.train(paths, trainer)
+    # Its own progress bar (show_progress) is stderr-only and smears in logs: one timed phase instead.
+    with phase(f"vocab: training WordPiece (Rust trainer) on {len(paths)} file(s)"):
+        tok.train(paths, trainer)
     ordered = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
     if [i for _, i in ordered] != list(range(len(ordered))):
         raise RuntimeError("trained vocabulary ids are not contiguous")  # would break vocab.txt

@@ -25,7 +25,10 @@ from __future__ import annotations
 
 import collections
 import heapq
+import os
 from typing import Iterable, Sequence
+
+from maskjax.progress import progress
 
 # Text is read in chunks of about this many characters (bounded memory on big files).
 _CHUNK_CHARS = 1 << 22
@@ -40,20 +43,33 @@ def count_words(paths: Sequence[str], lowercase: bool = True) -> collections.Cou
     )
     pre = pre_tokenizers.BertPreTokenizer()
     raw: collections.Counter = collections.Counter()
-    for path in paths:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            while True:
-                lines = f.readlines(_CHUNK_CHARS)
-                if not lines:
-                    break
-                # Whitespace split in C first: BertPreTokenizer splits on whitespace before it
-                # splits punctuation, so pre-tokenizing each distinct chunk once is equivalent
-                # and far cheaper than pre-tokenizing the whole text.
-                raw.update("".join(lines).split())
+    sizes = [os.path.getsize(p) for p in paths]
+    # Progress in MB read: characters stand in for bytes within a file (exact at each file's end).
+    with progress(total=round(sum(sizes) / 1e6, 1), desc="vocab: counting words", unit="MB") as bar:
+        for path, size in zip(paths, sizes):
+            left = size / 1e6
+            with open(path, encoding="utf-8", errors="replace") as f:
+                while True:
+                    lines = f.readlines(_CHUNK_CHARS)
+                    if not lines:
+                        break
+                    text = "".join(lines)
+                    # Whitespace split in C first: BertPreTokenizer splits on whitespace before it
+                    # splits punctuation, so pre-tokenizing each distinct chunk once is equivalent
+                    # and far cheaper than pre-tokenizing the whole text.
+                    raw.update(text.split())
+                    step = min(len(text) / 1e6, left)
+                    bar.update(step)
+                    left -= step
+            bar.update(left)
     words: collections.Counter = collections.Counter()
-    for chunk, n in raw.items():
-        for word, _ in pre.pre_tokenize_str(normalizer.normalize_str(chunk)):
-            words[word] += n
+    with progress(total=len(raw), desc="vocab: pre-tokenizing distinct strings", unit="str") as bar:
+        for k, (chunk, n) in enumerate(raw.items()):
+            for word, _ in pre.pre_tokenize_str(normalizer.normalize_str(chunk)):
+                words[word] += n
+            if k % 10000 == 9999:  # a bar update per string would cost more than some strings
+                bar.update(10000)
+        bar.update(len(raw) % 10000)
     return words
 
 
@@ -91,6 +107,9 @@ def train_from_counts(
     # Max-heap on count, ties by token strings; stale entries are skipped when popped.
     heap = [(-n, tokens[a], tokens[b], a, b) for (a, b), n in pair_count.items()]
     heapq.heapify(heap)
+    # Counts merges towards the target size (a small corpus may stop early, at min_frequency).
+    bar = progress(total=max(vocab_size - len(tokens), 0), desc="vocab: merges", unit="merge")
+    counted = len(tokens)
     while len(tokens) < vocab_size and heap:
         neg, _, _, a, b = heapq.heappop(heap)
         if pair_count.get((a, b), 0) != -neg:
@@ -130,6 +149,11 @@ def train_from_counts(
                 heapq.heappush(heap, (-n, tokens[pair[0]], tokens[pair[1]], pair[0], pair[1]))
             else:
                 pair_count.pop(pair, None)
+        if len(tokens) - counted >= 64:  # batched: a merge can be far cheaper than a bar update
+            bar.update(len(tokens) - counted)
+            counted = len(tokens)
+    bar.update(len(tokens) - counted)
+    bar.close()
     return tokens
 
 

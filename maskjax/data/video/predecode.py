@@ -61,6 +61,7 @@ from maskjax.data.video.clip_records import (  # noqa: F401
     encode_jpeg,
     parse_clip_header,
 )
+from maskjax.progress import progress
 
 
 def _resize_short_side(frames: np.ndarray, frame_size: int) -> np.ndarray:
@@ -164,14 +165,17 @@ def predecode_videos(src_root: str | os.PathLike, out_dir: str | os.PathLike, *,
     shards = [_shard_name(i, num_shards) for i in range(num_shards)]
     counts, index, skipped = [], [], []
     num_records = 0
+    bar = progress(total=n, desc="predecode", unit="video")
     try:
         for s, shard in enumerate(shards):
             start, stop = s * n // num_shards, (s + 1) * n // num_shards
+            bar.set_postfix_str(f"shard {s + 1}/{num_shards}" + (f", {len(skipped)} skipped" if skipped else ""))
             writer = array_record_module.ArrayRecordWriter(os.path.join(out, shard), "group_size:1")
             written = 0
             try:
                 for i in range(start, stop):
                     records, error = next(results)
+                    bar.update(1)  # a video is seconds of decoding: a bar update per video costs nothing
                     if records is None:
                         skipped.append({"path": tasks[i][2], "error": error})
                         continue
@@ -186,6 +190,7 @@ def predecode_videos(src_root: str | os.PathLike, out_dir: str | os.PathLike, *,
             counts.append(written)
             num_records += written
     finally:
+        bar.close()
         if pool is not None:
             pool.terminate()
     if not index:
