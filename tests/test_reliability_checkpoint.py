@@ -141,7 +141,8 @@ def test_no_intact_checkpoint_stops_with_one_message_and_renames_nothing(straigh
 
 
 def test_divergent_run_stops_before_saving_a_non_finite_state(tmp_path, tiny):
-    config = tiny(**{"total_steps": 30, "optim.base_lr": 1e3, "log_every_steps": 100,
+    # lr 1e4 diverges after two finite steps (1e3 took 16 checkpoints, most of this test's time).
+    config = tiny(**{"total_steps": 30, "optim.base_lr": 1e4, "log_every_steps": 100,
                      "checkpoint.every_steps": 1, "checkpoint.max_to_keep": 100})
     with pytest.raises(NonFiniteLoss, match=r"is (nan|inf) at step \d+; training stopped") as info:
         train(config, str(tmp_path), run_evals=False)
