@@ -63,6 +63,7 @@ def test_bench_cli_tiny_mae(tmp_path, capsys):
     assert row["analytic_flops"] == pytest.approx(model_flops(config).train)
 
 
+@pytest.mark.slow  # the MAE rows cover bench_config in CI; this adds the text pipeline (CI time budget)
 def test_bench_tiny_text_real_pipeline(shared_data, tmp_path):
     from maskjax.perf.bench import bench_config
 
@@ -158,6 +159,7 @@ def test_unknown_method_has_no_count():
         model_flops(config)
 
 
+@pytest.mark.slow  # a profiler trace; CI time budget
 def test_bench_profile_prints_a_kernel_table(tmp_path):
     from maskjax.perf.bench import bench_config
 

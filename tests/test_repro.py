@@ -28,6 +28,7 @@ def test_repro_two_row_table_at_smoke_size(tmp_path, capsys):
     assert {d: os.path.getmtime(tmp_path / "runs" / d / "row_result.json") for d in mtimes} == mtimes
 
 
+@pytest.mark.slow  # two ledger runs (~30 s cold); CI time budget
 def test_changed_evaluator_re_evaluates_without_pre_training_again(tmp_path, monkeypatch):
     import json
 
