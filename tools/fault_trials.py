@@ -118,8 +118,8 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=3, help="checkpoint.every_steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="keep the run folders")
-    parser.add_argument("--extra", default="", help="more training flags for every run, space-separated, e.g. "
-                        "'--config.data.num_workers=2' (signals while grain worker processes run)")
+    parser.add_argument("--extra", default="", help="more training flags for every run, space-separated; write it with '=', e.g. "
+                        "--extra=--config.data.num_workers=2 (signals while grain worker processes run)")
     args = parser.parse_args()
     EXTRA_FLAGS.extend(args.extra.split())
     rng = random.Random(args.seed)
