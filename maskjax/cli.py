@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         from maskjax.host_memory import tune_malloc
 
         tune_malloc()
-    if command in ("repro", "eval", "bench"):
+    if command in ("repro", "eval"):  # train and bench do this themselves (also under python -m)
         from absl import flags
 
         if not flags.FLAGS.is_parsed():
