@@ -69,3 +69,44 @@ def mae_imagenet(variant: str, epochs: int, *, is_smoke: bool = False) -> ml_col
         c.data.num_workers = 0
         c.compute_dtype = "float32"
     return c
+
+
+# The masked-image-modeling comparison on CIFAR-10 (docs/results/, the "mim_cifar" ledger table):
+# every row gets this backbone, data, batch, optimiser and budget; a method's config adds only
+# its own masking/target options (scaled to the 8x8 token grid) on top.
+MIM_COMPARISON = dict(variant="Pico/4", image_size=32, global_batch=128, epochs=6, base_lr=1.5e-3,
+                      warmup_epochs=1.0, weight_decay=0.05)
+
+
+def mim_comparison(config: ml_collections.ConfigDict, *, epochs: int | None = None) -> ml_collections.ConfigDict:
+    """Puts ``config`` on the shared CIFAR-10 comparison setup (:data:`MIM_COMPARISON`).
+
+    The 10,000 bundled CIFAR-10 training images at 32x32, a ViT-Pico/4 encoder (64 tokens),
+    batch 128 for ``epochs`` (default 6: the quick start's budget, about 470 steps), AdamW at the
+    quick start's lr, and the converged linear probe plus kNN on the frozen features (all 10,000
+    training / 2,000 test images). Model fields a method does not have are left to the method's
+    config; ``config.model.variant`` is set when the config has one.
+    """
+    from maskjax.config.datasets import embedded_data
+
+    setup = MIM_COMPARISON
+    embedded_data(config, image_size=setup["image_size"])
+    config.data.crop_pct = 1.0
+    config.data.augment = "mae"
+    if "model" in config and "variant" in config.model:
+        config.model.variant = setup["variant"]
+    config.global_batch = setup["global_batch"]
+    config.epochs = epochs or setup["epochs"]
+    config.total_steps = None
+    config.optim.base_lr = setup["base_lr"]
+    config.optim.warmup_epochs = setup["warmup_epochs"]
+    config.optim.warmup_steps = None
+    config.optim.weight_decay = setup["weight_decay"]
+    config.optim.schedule = "cosine"
+    config.checkpoint.every_steps = 500
+    config.log_every_steps = 50
+    config.evals = ml_collections.ConfigDict()
+    # quick_probe reports the converged probe, kNN on the same features and both for a
+    # random-init encoder (the baseline row's numbers come from every run).
+    config.evals.probe = dict(type="quick_probe", train_examples=10000, test_examples=2000, knn=True)
+    return config

@@ -9,7 +9,6 @@ Paper numbers are only ever written in the "paper" columns.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import hashlib
@@ -20,18 +19,35 @@ import subprocess
 import time
 from typing import Sequence
 
-from maskjax.errors import UsageError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-    """One table row: a label, config overrides, and the paper's reference per metric (or None)."""
+    """One table row: a label, config overrides, and the paper's reference per metric (or None).
+
+    ``config``: the row's own recipe (``path[:arg]``, relative to the repository) instead of the
+    table's, for tables that compare methods. ``metric_prefix``: read the metrics under this prefix
+    of the run's evaluator keys (``"random_init_"``: the random-init encoder that ``quick_probe``
+    evaluates beside the pre-trained one, so that baseline row costs no run of its own).
+    """
 
     label: str
     overrides: dict
     paper: dict
+    config: str | None = None
+    metric_prefix: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """A paper's pairwise claim: row ``better`` beats row ``worse`` on ``metric`` (a column title)."""
+
+    better: str
+    worse: str
+    metric: str
+    source: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +69,8 @@ class Table:
     smoke_evals: dict | None = None   # evaluators of a smoke row (default: MAE's SMOKE_EVALS)
     paper_note: str = ""   # what the paper columns are, when they are not the metric itself
     noise: float = 0.0     # claim-metric spread (fraction) below which the ordering is "inconclusive"
+    seeds: tuple = ()      # run every row once per seed (config.seed) and report mean +- std
+    claims: tuple = ()     # Claim(...)s checked with a noise-aware verdict (multi-seed tables)
 
 
 _TABLES: dict[str, Table] = {}
@@ -70,7 +88,7 @@ def tables() -> dict[str, Table]:
     """Every registered table by name: the modules of ``maskjax.repro`` and the ``maskjax.tables`` entry points."""
     from maskjax import plugins
 
-    plugins.discover("maskjax.repro", plugins.TABLES, skip=("ledger",))
+    plugins.discover("maskjax.repro", plugins.TABLES, skip=("ledger", "command", "seeded"))
     return dict(_TABLES)
 
 
@@ -92,7 +110,7 @@ def build_row_config(table: Table, row: Row, smoke: bool = False, overrides: Seq
     from maskjax.config import apply_overrides, load_config
     from maskjax.config.commandline import apply_text_overrides
 
-    config = load_config(os.path.join(REPO_ROOT, table.config))
+    config = load_config(os.path.join(REPO_ROOT, row.config or table.config))
     base = dict(table.base)
     # A table without "evals" in its base keeps the evaluators of its recipe.
     evals = base.pop("evals", None)
@@ -247,51 +265,3 @@ def _setup_text(table: Table, smoke: bool) -> str:
             "BatchNorm without affine + linear head, LARS at the paper's lr 6.4, batch 256, 50 epochs); MAE fine-tuning for 2 epochs "
             "(layer decay 0.65, drop path 0.1, mixup/cutmix, RandAugment, random erasing); both "
             "evaluated on the 2,000 bundled test images.")
-
-
-def run_table(name: str, *, out_dir: str, runs_dir: str, smoke: bool = False, max_rows: int | None = None,
-              overrides: Sequence[tuple[str, str]] = ()) -> str:
-    """Runs table ``name`` and writes its markdown page; returns the page's path.
-
-    ``overrides`` (``--config.X=V`` pairs) apply to every row, after the table's own.
-    """
-    if name not in tables():
-        raise UsageError(f"unknown table {name!r}; known: {', '.join(sorted(tables()))} (maskjax repro --list)")
-    table = tables()[name]
-    if max_rows:
-        table = dataclasses.replace(table, rows=table.rows[:max_rows])
-    results = [run_row(table, row, runs_dir, smoke, overrides) for row in table.rows]
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, f"{name}{'_smoke' if smoke else ''}.md")
-    with open(path, "w") as f:
-        f.write(render(table, results, smoke=smoke))
-    print(f"wrote {path}")
-    return path
-
-
-def main(argv: list[str]) -> int:
-    """``maskjax repro NAME [--smoke] [--out docs/results] [--runs runs/repro] [--max-rows N] [--config.X=V ...]``."""
-    from maskjax.config.commandline import split_overrides
-
-    parser = argparse.ArgumentParser(
-        prog="maskjax repro", description="Runs a reproduction table (config rows) and writes its page. Each "
-        "row's config comes from the table; --config.FIELD=VALUE overrides apply to every row, after the table's "
-        "own (and change the rows' run directories).")
-    parser.add_argument("name", nargs="?", help=f"one of: {', '.join(sorted(tables()))}, or 'all'")
-    parser.add_argument("--smoke", action="store_true", help="tiny rows (proves the pipeline, seconds)")
-    parser.add_argument("--out", default=os.path.join(REPO_ROOT, "docs", "results"))
-    parser.add_argument("--runs", default=os.path.join("runs", "repro"))
-    parser.add_argument("--max-rows", type=int, default=None)
-    parser.add_argument("--list", action="store_true", help="list the tables")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (default: one line)")
-    argv, overrides = split_overrides(argv)
-    args = parser.parse_args(argv)
-    if args.list or not args.name:
-        for name, table in sorted(tables().items()):
-            print(f"{name}: {table.title} ({len(table.rows)} rows)")
-        return 0
-    names = sorted(tables()) if args.name == "all" else [args.name]
-    for name in names:
-        run_table(name, out_dir=args.out, runs_dir=args.runs, smoke=args.smoke, max_rows=args.max_rows,
-                  overrides=overrides)
-    return 0
