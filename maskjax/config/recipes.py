@@ -99,6 +99,13 @@ def mim_comparison(config: ml_collections.ConfigDict, *, epochs: int | None = No
     config.epochs = epochs or setup["epochs"]
     config.total_steps = None
     config.optim.base_lr = setup["base_lr"]
+    config.optim.lr_batch_denominator = 256  # a recipe's own rule (SimMIM's /512) would change the lr
+    config.optim.min_lr = 0.0
+    # One optimiser for every row (MAE's AdamW betas, no clipping): the rows differ only in what they
+    # mask and predict, not in recipe-specific clipping (MaskFeat clips at 0.02) or betas.
+    config.optim.name, config.optim.b1, config.optim.b2, config.optim.eps = "adamw", 0.9, 0.95, 1e-8
+    config.optim.grad_clip = None
+    config.optim.bias_correction = True
     config.optim.warmup_epochs = setup["warmup_epochs"]
     config.optim.warmup_steps = None
     config.optim.weight_decay = setup["weight_decay"]

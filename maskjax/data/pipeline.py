@@ -34,7 +34,15 @@ from maskjax.data.transforms import (
 )
 from maskjax.errors import ConfigError, DataError
 
-AUGMENTATIONS = ("mae", "probe", "finetune", "none")
+AUGMENTATIONS = ("mae", "probe", "finetune", "none", "simmim", "maskfeat", "ijepa")
+
+# Pre-training crops of the masked-image-modeling recipes that differ from MAE's (scale, ratio, flip),
+# as specs/methods_vision.md records them: SimMIM §2(d), MaskFeat §4(c), I-JEPA §13(d).
+RECIPE_CROPS = {
+    "simmim": ((0.67, 1.0), (3 / 4, 4 / 3), True),
+    "maskfeat": ((0.5, 1.0), (0.75, 1.333), True),
+    "ijepa": ((0.3, 1.0), (3 / 4, 4 / 3), False),
+}
 # MAE pre-training crops 20%..100% of the image area.
 MAE_CROP_SCALE = (0.2, 1.0)
 
@@ -48,8 +56,13 @@ def train_augmentation(augment: str, image_size: int) -> list:
     - ``"finetune"``: MAE fine-tuning, RandomResizedCrop(0.08, 1) + flip + RandAugment
       (rand-m9-mstd0.5-inc1); random erasing runs after normalisation (see
       ``maskjax.data.augment``).
+    - ``"simmim"``, ``"maskfeat"``, ``"ijepa"``: those recipes' pre-training crops
+      (:data:`RECIPE_CROPS`: crop scale and aspect range; I-JEPA has no flip).
     - ``"none"``: no augmentation (resize + center crop as in evaluation).
     """
+    if augment in RECIPE_CROPS:
+        scale, ratio, flip = RECIPE_CROPS[augment]
+        return [RandomResizedCrop(image_size, scale=scale, ratio=ratio)] + ([RandomHorizontalFlip(0.5)] if flip else [])
     if augment == "mae":
         return [RandomResizedCrop(image_size, scale=MAE_CROP_SCALE), RandomHorizontalFlip(0.5)]
     if augment == "probe":

@@ -165,10 +165,28 @@ class MAE(EncoderMethod):
             rngs=rngs,
         )
 
+    def masking_noise(self, model, keys, batch: int, step=None):
+        """Noise [B, L] whose ``len_keep`` smallest values stay visible: one uniform draw per patch.
+
+        ``keys``: per-example keys [B] (training) or one key (figures); ``step``: the optimizer
+        step (MAE ignores it). Subclasses that only change where the mask falls (ColorMAE)
+        override this and :meth:`figure_noise`.
+        """
+        del step
+        return uniform_noise(keys, batch, model.num_patches)
+
+    def figure_noise(self, model, key, batch: int):
+        """The masking noise of a reconstruction figure, from one key."""
+        return self.masking_noise(model, key, batch)
+
+    def mask_caption(self) -> str:
+        """How the figure's mask was drawn (the start of its caption)."""
+        return f"mask ratio {self.mask_ratio:.2f}; "
+
     def loss(self, model, batch, keys, train, step=None):
         """MAE loss of one batch; masks come from per-example keys (one uniform draw each)."""
         images = batch["image"]
-        noise = uniform_noise(keys, images.shape[0], model.num_patches)
+        noise = self.masking_noise(model, keys, images.shape[0], step)
         loss, _, _, _ = mae_forward(model, images, noise, self.mask_ratio, self.norm_pix)
         return loss, {"loss": loss}
 
@@ -183,7 +201,7 @@ class MAE(EncoderMethod):
         images = jnp.asarray(inputs)
         b, h, w, _ = images.shape
         p = model.patch_size
-        noise = uniform_noise(key, b, model.num_patches)
+        noise = self.figure_noise(model, key, b)
         _, pred, target, mask = mae_forward(model, images, noise, self.mask_ratio, norm_pix=False)
         hidden = mask.mask
         if self.norm_pix:
@@ -191,7 +209,7 @@ class MAE(EncoderMethod):
         recon = jnp.where(hidden[..., None], pred, target)
         masked = jnp.where(hidden[..., None], jnp.nan, target)
         grid = (h // p, w // p)
-        caption = f"mask ratio {self.mask_ratio:.2f}; " + RECON_CAPTIONS[stats if self.norm_pix else "none"]
+        caption = self.mask_caption() + RECON_CAPTIONS[stats if self.norm_pix else "none"]
         return {"original": images, "masked": unpatchify(masked, p, *grid),
                 "reconstruction": unpatchify(recon, p, *grid), "caption": caption}
 
