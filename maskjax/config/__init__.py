@@ -3,7 +3,7 @@ locations (:mod:`.datasets`), one smoke shrink (:mod:`.smoke`) and shared paper 
 (:mod:`.recipes`). Everything a config file needs is importable from ``maskjax.config``.
 """
 
-from maskjax.config.datasets import (DATA_DIR_ENV, cifar10_dir, cifar10_folder_data, data_root, dataset_path,
+from maskjax.config.datasets import (DATA_DIR_ENV, char_corpus, cifar10_dir, cifar10_folder_data, data_root, dataset_path,
                                      embedded_cifar_tars, embedded_data, fsdd_data, fsdd_tar, moving_cifar_data,
                                      tfds_wikipedia, wikitext2_data, wikitext2_dir)
 from maskjax.config.loading import apply_overrides, load_config, parse_arg
@@ -13,7 +13,7 @@ from maskjax.config.schema import (audio_base_config, base_config, core_config, 
 from maskjax.config.smoke import media_smoke, smoke, text_smoke
 
 __all__ = [
-    "DATA_DIR_ENV", "MIM_COMPARISON", "apply_overrides", "audio_base_config", "base_config", "cifar10_dir", "cifar10_folder_data", "core_config",
+    "DATA_DIR_ENV", "MIM_COMPARISON", "apply_overrides", "char_corpus", "audio_base_config", "base_config", "cifar10_dir", "cifar10_folder_data", "core_config",
     "data_root", "dataset_path", "embedded_cifar_tars", "embedded_data", "fsdd_data", "fsdd_tar", "load_config",
     "mae_imagenet", "mae_imagenet_from_arg", "media_smoke", "method_config", "mim_comparison", "moving_cifar_data", "parse_arg", "smoke",
     "text_base_config", "text_smoke", "tfds_wikipedia", "video_base_config", "wikitext2_data", "wikitext2_dir",

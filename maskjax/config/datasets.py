@@ -131,3 +131,16 @@ def moving_cifar_data(config: ml_collections.ConfigDict, *, embedded: bool = Tru
     config.data.eval_path = test
     config.data.split = "train"
     config.data.eval_split = "test"
+
+
+def char_corpus(wikitext: bool) -> dict:
+    """``config.data`` fields of the shared character corpora (text8-style, ``maskjax.data.text.chars``).
+
+    WikiText-2 trains on ``valid.txt`` and holds out ``test.txt`` (the shared copy has no train
+    split); Tiny Shakespeare (``$MASKJAX_TINYSHAKESPEARE`` or ``tinyshakespeare/input.txt`` under the
+    data root) holds out its last 10 % in the pipeline.
+    """
+    if wikitext:
+        root = wikitext2_dir()
+        return dict(path=str(root / "valid.txt"), eval_path=str(root / "test.txt"), doc_format="wikitext")
+    return dict(path=str(dataset_path("tinyshakespeare", "MASKJAX_TINYSHAKESPEARE") / "input.txt"))

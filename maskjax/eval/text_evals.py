@@ -64,7 +64,7 @@ def heldout_mlm(method, model, source, *, rate: float, batch_size: int = 32, max
 @register("mlm")
 def mlm_evaluator(model, options, ctx) -> dict:
     """Held-out masked-token accuracy / perplexity at ``options.rate`` (default masking.eval_ratio)."""
-    rate = float(options.get("rate", ctx.config.masking.get("eval_ratio", 0.15)))
+    rate = float(options.get("rate", ctx.config.get("masking", {}).get("eval_ratio", 0.15)))
     out = heldout_mlm(ctx.method, model, ctx.eval_source, rate=rate, batch_size=options.get("batch_size", 32),
                       max_batches=options.get("batches", None), seed=options.get("seed", 0), mesh=ctx.mesh,
                       rules=ctx.rules)

@@ -138,3 +138,8 @@ def _files(path) -> list[str]:
         return resolve_paths(paths)
     except (FileNotFoundError, ValueError):
         return []
+
+
+# The character-level modality ("chars") lives beside the WordPiece one; importing it here registers it
+# when the modalities are discovered (only modules named "modality" are walked).
+from maskjax.data.text import chars as _chars  # noqa: E402,F401
