@@ -65,17 +65,40 @@ def _result(top1, workdir, wall=60.0, random=None):
 def test_render_gives_mean_std_paper_columns_and_claims():
     rows = (Row("A", {}, {"probe": 80.0}, config="a.py"), Row("B", {}, {}, config="b.py"),
             Row("random", {}, {}, config="a.py", metric_prefix="random_init_"))
-    table = Table("t", "T", "a.py", {}, rows, {"probe": "eval/probe/top1"}, "paper X", "A > B", "A", "probe",
+    table = Table("t", "T", "a.py", {}, rows, {"probe": "eval/probe/top1", "knn": "eval/probe/knn_top1"}, "paper X", "A > B", "A", "probe",
                   setup="tiny", seeds=(0, 1, 2),
-                  claims=(Claim("A", "B", "probe", "paper X"), Claim("A", "random", "probe", "sanity")))
+                  claims=(Claim("A", "B", "probe", "paper X"), Claim("A", "random", "probe", "sanity"),
+                          Claim("B", "A", "knn", "not a column of these results")))
     a = [_result(v, f"runs/a{i}", random=r) for i, (v, r) in enumerate([(0.50, 0.30), (0.52, 0.31), (0.54, 0.29)])]
     b = [_result(v, f"runs/b{i}") for i, v in enumerate([0.51, 0.50, 0.55])]
     results = {"A": a, "B": b, "random": a}
     assert row_values(table, rows[2], a)["probe"] == pytest.approx([30.0, 31.0, 29.0])
     page = render_seeded(table, results, smoke=False, machine="test machine")
-    assert "| A | 52.0 ± 2.0 | 80.0 |" in page
-    assert "| random | 30.0 ± 1.0 | — | shared |" in page
+    assert "| A | 52.0 ± 2.0 | — | 80.0 | — |" in page
+    assert "| random | 30.0 ± 1.0 | — | — | — | shared |" in page
     assert "| A > B | probe | +0.0 |" in page and "inconclusive" in page
     assert "| A > random | probe | +22.0 |" in page and "| holds |" in page
+    assert "| B > A | knn | — | — | not measured |" in page
     # The random-init row reads the A runs: their wall time counts once (6 runs of 1 min, not 9).
     assert "6.0 min of runs in all" in page
+
+
+def test_every_mim_cifar_row_is_the_shared_setup_and_validates():
+    """The comparison's rows differ only in method options: same backbone, data, batch, budget, optimiser."""
+    from maskjax.repro import tables
+    from maskjax.repro.ledger import build_row_config
+    from maskjax.train.validate import validate_config
+
+    table = tables()["mim_cifar"]
+    assert len({row.label for row in table.rows}) == len(table.rows) >= 11
+    shared = set()
+    for row in table.rows:
+        config = build_row_config(table, seed_row(row, 1))
+        validate_config(config)
+        assert config.seed == 1
+        o = config.optim
+        shared.add((config.model.variant, config.data.image_size, config.data.path, config.data.augment,
+                    config.global_batch, config.epochs, o.base_lr, o.lr_batch_denominator, o.b1, o.b2,
+                    o.weight_decay, o.warmup_epochs, o.grad_clip, o.min_lr, o.schedule,
+                    tuple(sorted(config.evals))))
+    assert len(shared) == 1, shared

@@ -112,7 +112,8 @@ def render_seeded(table: Table, results: dict[str, list[dict]], *, smoke: bool, 
                   "| claim | metric | difference (points) | standard error | verdict | source |", "|---|---|---|---|---|---|"]
         for c in table.claims:
             v, diff, se = verdict(values[c.better][c.metric], values[c.worse][c.metric])
-            lines.append(f"| {c.better} > {c.worse} | {c.metric} | {diff:+.1f} | {se:.1f} | {v} | {c.source} |")
+            shown = ("—", "—") if math.isnan(diff) else (f"{diff:+.1f}", f"{se:.1f}")
+            lines.append(f"| {c.better} > {c.worse} | {c.metric} | {shown[0]} | {shown[1]} | {v} | {c.source} |")
     if smoke:
         lines += ["", "A smoke run: meaningless numbers, it only proves the pipeline."]
     return "\n".join(lines) + "\n"
