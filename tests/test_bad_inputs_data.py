@@ -196,7 +196,7 @@ def _config_error(config) -> list[str]:
 def test_unknown_augment_lists_the_known_ones(tiny):
     problems = _config_error(tiny(**{"data.augment": "bogus"}))
     assert problems == ["  - unknown data.augment 'bogus' for images; use one of "
-                        "('mae', 'probe', 'finetune', 'none')"]
+                        "('mae', 'probe', 'finetune', 'none', 'simmim', 'maskfeat', 'ijepa')"]
 
 
 def test_bad_max_bad_fraction_and_a_file_that_is_no_tar(tiny, tmp_path):

@@ -99,6 +99,6 @@ def test_every_mim_cifar_row_is_the_shared_setup_and_validates():
         o = config.optim
         shared.add((config.model.variant, config.data.image_size, config.data.path, config.data.augment,
                     config.global_batch, config.epochs, o.base_lr, o.lr_batch_denominator, o.b1, o.b2,
-                    o.weight_decay, o.warmup_epochs, o.grad_clip, o.min_lr, o.schedule,
+                    o.weight_decay, o.warmup_epochs, o.grad_clip, o.min_lr, o.schedule, tuple(o.no_weight_decay_names),
                     tuple(sorted(config.evals))))
     assert len(shared) == 1, shared

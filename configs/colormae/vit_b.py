@@ -26,8 +26,8 @@ AP^box 49.50 after 800 epochs. What maskjax has measured is in docs/results/.
 Differences from the official run: the noise patterns are generated in-graph by our filters (the
 official npz and its generator are not released; maskjax/masking/color_noise.py), each example
 draws its own pattern, crop and flips (``colormae.sharing=batch`` shares one crop per step as the
-official code does per GPU batch); the warm-up starts from lr 0, not 1e-4 x lr; maskjax's AdamW
-decays the cls and mask tokens (MAE's timm grouping), which mmpretrain's config exempts.
+official code does per GPU batch); the warm-up starts from lr 0, not 1e-4 x lr. The cls and mask
+tokens are exempt from weight decay as in mmpretrain's config (``optim.no_weight_decay_names``).
 """
 
 from maskjax.config import mae_imagenet, method_config, mim_comparison, parse_arg, smoke
@@ -48,6 +48,7 @@ def get_config(arg=None):
     c = method_config("colormae", base=mae_imagenet("B/16", args.epochs))
     c.colormae.color = args.color
     c.colormae.sigma_narrow, c.colormae.sigma_wide = SIGMAS_14
+    c.optim.no_weight_decay_names = ("cls_token", "mask_token")  # mmpretrain's paramwise_cfg
     if args.cifar:
         mim_comparison(c)
         # 32x32 images, 4x4 patches: an 8x8 grid. The ratio is a fraction of the grid (16 of 64

@@ -30,10 +30,20 @@ MASK_RATIO = 0.75
 
 def get_config(arg=None):
     """CrossMAE ViT-B/16; ``arg``: "kmr=0.75|0.25", "smoke", "cifar" (comma-separated)."""
+    return crossmae_imagenet(arg, "B/16", (512, 12, 16))
+
+
+def crossmae_imagenet(arg, variant: str, decoder: tuple[int, int, int]):
+    """CrossMAE on ImageNet-1K for ``variant`` with ``decoder`` (width, depth, heads); shared by vit_s.py.
+
+    MAE's ImageNet recipe (optimiser, data, evaluators; its ViT-B fine-tuning settings are the ones
+    the CrossMAE README uses for ViT-S too) with CrossMAE's decoder and ratios.
+    """
     args = parse_arg(arg, smoke=False, cifar=False, kmr=0.75)
     kmr = args.kmr
     c = method_config("crossmae", base=mae_imagenet("B/16", 800))
-    c.model.decoder_width, c.model.decoder_depth, c.model.decoder_heads = 512, 12, 16
+    c.model.variant = variant
+    c.model.decoder_width, c.model.decoder_depth, c.model.decoder_heads = decoder
     c.masking.ratio = MASK_RATIO
     c.crossmae.kept_mask_ratio = kmr
     c.crossmae.use_input = True
@@ -44,8 +54,9 @@ def get_config(arg=None):
         mim_comparison(c)
         # 32x32 images, 4x4 patches: an 8x8 grid. The ratios are fractions of the grid, so they
         # carry over (16 visible; 48 reconstructed at kmr 0.75, 16 at kmr 0.25); the decoder is
-        # sized like the MAE baseline's (configs/mae/default.py: 96 wide, 2 blocks, 4 heads), and
-        # the official lr factor is applied to the comparison's lr.
+        # sized like the MAE baseline's (configs/mae/default.py: 96 wide, 2 blocks, 4 heads), so the
+        # 4 encoder blocks plus the input make 5 feature maps mixed into 2 decoder layers; the
+        # official lr factor is applied to the comparison's lr.
         c.model.decoder_width, c.model.decoder_depth, c.model.decoder_heads = 96, 2, 4
         c.optim.base_lr *= kmr / MASK_RATIO
         c.compute_dtype = "float32"

@@ -21,36 +21,15 @@ Variants: ``:smoke`` (this model, two CPU steps on the bundled images), ``:cifar
 CIFAR-10 comparison, ``maskjax.config.mim_comparison``), ``:cifar,smoke``.
 """
 
-from maskjax.config import mae_imagenet, method_config, mim_comparison, parse_arg, smoke
+import importlib.util
+import pathlib
 
-MASK_RATIO, KEPT_MASK_RATIO = 0.75, 0.75
+# The recipe is vit_b.py's with ViT-S/16 and its 256-wide, 8-head decoder (one recipe, two sizes).
+_spec = importlib.util.spec_from_file_location("crossmae_vit_b_recipe", pathlib.Path(__file__).with_name("vit_b.py"))
+_vit_b = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_vit_b)
 
 
 def get_config(arg=None):
-    """CrossMAE ViT-S/16; ``arg``: "smoke", "cifar" or "cifar,smoke"."""
-    args = parse_arg(arg, smoke=False, cifar=False)
-    # MAE's ImageNet recipe (optimiser, data, evaluators); its ViT-B fine-tuning settings are the
-    # ones the CrossMAE README uses for ViT-S too.
-    c = method_config("crossmae", base=mae_imagenet("B/16", 800))
-    c.model.variant = "S/16"
-    c.model.decoder_width, c.model.decoder_depth, c.model.decoder_heads = 256, 12, 8
-    c.masking.ratio = MASK_RATIO
-    c.crossmae.kept_mask_ratio = KEPT_MASK_RATIO
-    c.crossmae.use_input = True
-    # main_pretrain.py scales the lr by kept_mask_ratio / mask_ratio (no --no_lr_scale): 1 here.
-    c.optim.base_lr = 1.5e-4 * KEPT_MASK_RATIO / MASK_RATIO
-    if args.cifar:
-        mim_comparison(c)
-        # 32x32 images, 4x4 patches: an 8x8 grid. The ratios are fractions of the grid, so they
-        # carry over (16 visible, 48 reconstructed of 64); the decoder is sized like the MAE
-        # baseline's (configs/mae/default.py: 96 wide, 2 blocks, 4 heads), so the 4 encoder blocks
-        # plus the input make 5 feature maps mixed into 2 decoder layers.
-        c.model.decoder_width, c.model.decoder_depth, c.model.decoder_heads = 96, 2, 4
-        c.optim.base_lr *= KEPT_MASK_RATIO / MASK_RATIO
-        c.compute_dtype = "float32"
-        c.data.num_workers = 0
-    if args.smoke:
-        smoke(c, global_batch=8, steps=2)
-        c.data.num_workers = 0
-        c.compute_dtype = "float32"
-    return c
+    """CrossMAE ViT-S/16; ``arg``: "smoke", "cifar", "kmr=0.75" (comma-separated)."""
+    return _vit_b.crossmae_imagenet(arg, "S/16", (256, 12, 8))

@@ -47,11 +47,16 @@ FINETUNE = dict(type="finetune", epochs=100, batch_size=512, blr=1e-3, layer_dec
 
 def get_config(arg=None):
     """MaskFeat ViT-B/16; ``arg``: "epochs=1600|300", "smoke", "cifar" (comma-separated)."""
+    return maskfeat_imagenet(arg, VARIANT, FINETUNE)
+
+
+def maskfeat_imagenet(arg, variant: str, finetune: dict):
+    """The official MaskFeat ImageNet-1K pre-training recipe for ``variant`` (shared by vit_l.py)."""
     args = parse_arg(arg, smoke=False, cifar=False, epochs=1600)
     if args.epochs not in (300, 1600):
         raise ValueError(f"the official runs are 300 (yaml) or 1600 (released) epochs, got {args.epochs}")
     c = method_config("maskfeat")
-    c.model = ml_collections.ConfigDict(dict(variant=VARIANT, in_chans=3))
+    c.model = ml_collections.ConfigDict(dict(variant=variant, in_chans=3))
     c.model.attention_impl = config_dict.placeholder(str)
     c.model.scan_layers = False
     c.data.kind = "tfds"
@@ -74,15 +79,15 @@ def get_config(arg=None):
     c.checkpoint.every_steps = 2000
     c.log_every_steps = 100
     c.evals.knn = dict(type="knn", every_steps=10000, train_examples=50000, test_examples=10000)
-    c.evals.finetune = dict(FINETUNE)
+    c.evals.finetune = dict(finetune)
     if args.cifar:
         mim_comparison(c)
         # 32x32 images with 4x4 patches: an 8x8 token grid. The mask ratio is a fraction of the
         # grid and carries over (round(64 x 0.4) = 26 tokens at most, blocks of at least 5). HOG
         # cells of 8x8 pixels would be larger than a 4x4 token, so the cell is scaled with the
         # patch (8 of 16 -> 2 of 4 would leave 2x2-pixel cells, too few votes for a histogram):
-        # 4x4-pixel cells, one cell per token, 3 x 9 = 27 target values per token. The official
-        # clip of 0.02 is kept (it is a property of the HOG loss scale, not of the image size).
+        # 4x4-pixel cells, one cell per token, 3 x 9 = 27 target values per token. The optimiser is
+        # the comparison's (no clipping): the official clip of 0.02 belongs to the ImageNet recipe.
         c.maskfeat.hog_cell = 4
         c.compute_dtype = "float32"
         c.data.num_workers = 0

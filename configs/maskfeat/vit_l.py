@@ -32,13 +32,15 @@ does. The yaml marks "no colour augmentation" as important for ViT-L: the "maskf
 none. Model-side differences are listed in maskjax/methods/maskfeat.py.
 """
 
-import ml_collections
-from ml_collections import config_dict
+import importlib.util
+import pathlib
 
-from maskjax.config import method_config, mim_comparison, parse_arg, smoke
+# The recipe is vit_b.py's with ViT-L/16 and its fine-tuning settings (one recipe, two sizes).
+_spec = importlib.util.spec_from_file_location("maskfeat_vit_b_recipe", pathlib.Path(__file__).with_name("vit_b.py"))
+_vit_b = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_vit_b)
 
 VARIANT = "L/16"
-GLOBAL_BATCH = 2048
 # in1k_VIT_L_MaskFeat_FT.yaml: 50 epochs, 5 warm-up, BASE_LR 1e-3 at 256 images per machine
 # (blr 1e-3 per 256), layer decay 0.75, drop path 0.1, mean pooling, RandAug m9-mstd0.5, colour
 # jitter 0.4, random erasing 0.25, mixup 0.8 / cutmix 1.0, smoothing 0.1, end lr 1e-6.
@@ -49,47 +51,4 @@ FINETUNE = dict(type="finetune", epochs=50, batch_size=256, blr=1e-3, layer_deca
 
 def get_config(arg=None):
     """MaskFeat ViT-L/16; ``arg``: "epochs=1600|300", "smoke", "cifar" (comma-separated)."""
-    args = parse_arg(arg, smoke=False, cifar=False, epochs=1600)
-    if args.epochs not in (300, 1600):
-        raise ValueError(f"the official runs are 300 (yaml) or 1600 (released) epochs, got {args.epochs}")
-    c = method_config("maskfeat")
-    c.model = ml_collections.ConfigDict(dict(variant=VARIANT, in_chans=3))
-    c.model.attention_impl = config_dict.placeholder(str)
-    c.model.scan_layers = False
-    c.data.kind = "tfds"
-    c.data.name = "imagenet2012"
-    c.data.split = "train"
-    c.data.eval_split = "validation"
-    c.data.image_size = 224
-    c.data.augment = "maskfeat"
-    c.data.num_workers = 8
-    c.global_batch = GLOBAL_BATCH
-    c.epochs = args.epochs
-    c.optim.base_lr = 2e-4              # "bs256"
-    c.optim.lr_batch_denominator = 256
-    c.optim.b1, c.optim.b2 = 0.9, 0.999  # SOLVER.BETAS default
-    c.optim.weight_decay = 0.05
-    c.optim.warmup_epochs = 30.0
-    c.optim.min_lr = 1e-6 * GLOBAL_BATCH / 256  # COSINE_END_LR, scaled with the machines like the lr
-    c.optim.grad_clip = 0.02             # CLIP_GRAD_L2NORM
-    c.compute_dtype = "bfloat16"
-    c.checkpoint.every_steps = 2000
-    c.log_every_steps = 100
-    c.evals.knn = dict(type="knn", every_steps=10000, train_examples=50000, test_examples=10000)
-    c.evals.finetune = dict(FINETUNE)
-    if args.cifar:
-        mim_comparison(c)
-        # 32x32 images with 4x4 patches: an 8x8 token grid. The mask ratio is a fraction of the
-        # grid and carries over (round(64 x 0.4) = 26 tokens at most, blocks of at least 5). HOG
-        # cells of 8x8 pixels would be larger than a 4x4 token, so the cell is scaled with the
-        # patch (8 of 16 -> 2 of 4 would leave 2x2-pixel cells, too few votes for a histogram):
-        # 4x4-pixel cells, one cell per token, 3 x 9 = 27 target values per token. The official
-        # clip of 0.02 is kept (it is a property of the HOG loss scale, not of the image size).
-        c.maskfeat.hog_cell = 4
-        c.compute_dtype = "float32"
-        c.data.num_workers = 0
-    if args.smoke:
-        smoke(c, global_batch=8, steps=2)
-        c.data.num_workers = 0
-        c.compute_dtype = "float32"
-    return c
+    return _vit_b.maskfeat_imagenet(arg, VARIANT, FINETUNE)

@@ -40,8 +40,7 @@ def get_config(arg=None):
     c.global_batch = 512
     c.total_steps = 1_000_000
     c.optim.update(dict(name="adamw", base_lr=3e-4, lr_batch_denominator=0, b1=0.9, b2=0.999, eps=1e-8,
-                        weight_decay=0.0, schedule="linear", grad_clip=1.0, warmup_steps=2500))
-    c.optim.min_lr = c.optim.get_ref("base_lr")   # a constant lr after warm-up
+                        weight_decay=0.0, schedule="constant", grad_clip=1.0, warmup_steps=2500))
     c.checkpoint.every_steps = 10_000
     c.log_every_steps = 100
     c.evals.mlm = dict(type="mlm", every_steps=10_000, batch_size=512)

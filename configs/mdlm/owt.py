@@ -5,7 +5,7 @@ cond_dim 128, MLP ratio 4, dropout 0.1, rotary positions, untied embeddings), SU
 parameterisation, log-linear schedule (eps 1e-3), stratified times in [1e-3, 1], continuous-time
 NELBO, no time conditioning; GPT-2 tokens (50257 + the mask id), 1024-token wrapped blocks;
 AdamW lr 3e-4 (0.9, 0.999, eps 1e-8), weight decay 0, constant lr after 2,500 warm-up steps
-(``optim.schedule=linear`` with ``min_lr`` tied to ``base_lr``), clipping 1.0, bf16, batch 512,
+(``optim.schedule=constant``), clipping 1.0, bf16, batch 512,
 1M steps, EMA 0.9999 (warm-up ``(1 + n) / (10 + n)``); 128-step sampling (``ddpm_cache``).
 
 Expected (the paper's numbers, not measured by us): OpenWebText test perplexity MDLM <= 22.98
@@ -31,10 +31,9 @@ PAPER_RESULTS = {"OpenWebText test perplexity (upper bound)": (22.98, "paper, re
 
 
 def mdlm_optimizer(c) -> None:
-    """MDLM's AdamW, constant lr after warm-up (linear decay to min_lr = base_lr), clip 1.0."""
+    """MDLM's AdamW, constant lr after warm-up, clip 1.0."""
     c.optim.update(dict(name="adamw", base_lr=3e-4, lr_batch_denominator=0, b1=0.9, b2=0.999, eps=1e-8,
-                        weight_decay=0.0, schedule="linear", grad_clip=1.0, warmup_steps=2500))
-    c.optim.min_lr = c.optim.get_ref("base_lr")   # follows base_lr overrides: a constant schedule
+                        weight_decay=0.0, schedule="constant", grad_clip=1.0, warmup_steps=2500))
 
 
 def get_config(arg=None):

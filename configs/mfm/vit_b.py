@@ -22,8 +22,8 @@ CIFAR-10 comparison, ``maskjax.config.mim_comparison``), ``cifar,smoke``.
 
 Known differences from the official run (see maskjax/methods/mfm.py): the warm-up starts at 0, not
 at WARMUP_LR 2.5e-7 x 4, and the cosine starts at the end of the warm-up (timm's
-CosineLRScheduler counts it from step 0); maskjax's AdamW decays the (1, N, D) pos_embed and
-cls_token, which the official ``no_weight_decay`` exempts; bf16 compute instead of fp16 AMP.
+CosineLRScheduler counts it from step 0); bf16 compute instead of fp16 AMP. The official
+``no_weight_decay`` exemptions (pos_embed, cls_token) are kept through ``optim.no_weight_decay_names``.
 """
 
 import ml_collections
@@ -55,6 +55,7 @@ def get_config(arg=None):
     c.optim.warmup_epochs = 20.0
     c.optim.min_lr = 2.5e-6 * 2048 / 512  # MIN_LR is scaled like the lr (main_mfm.py)
     c.optim.weight_decay = 0.05
+    c.optim.no_weight_decay_names = ("pos_embed", "cls_token")  # VisionTransformerForMFM.no_weight_decay
     c.optim.b1, c.optim.b2 = 0.9, 0.95
     c.optim.grad_clip = 3.0
     c.compute_dtype = "bfloat16"

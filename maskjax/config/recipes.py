@@ -106,6 +106,8 @@ def mim_comparison(config: ml_collections.ConfigDict, *, epochs: int | None = No
     config.optim.name, config.optim.b1, config.optim.b2, config.optim.eps = "adamw", 0.9, 0.95, 1e-8
     config.optim.grad_clip = None
     config.optim.bias_correction = True
+    if "no_weight_decay_names" in config.optim:
+        config.optim.no_weight_decay_names = ()
     config.optim.warmup_epochs = setup["warmup_epochs"]
     config.optim.warmup_steps = None
     config.optim.weight_decay = setup["weight_decay"]

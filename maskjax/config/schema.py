@@ -72,6 +72,10 @@ def core_config() -> ml_collections.ConfigDict:
         name="adamw", base_lr=1.5e-4, lr_batch_denominator=256, b1=0.9, b2=0.95, eps=1e-8,
         weight_decay=0.05, warmup_epochs=40.0, min_lr=0.0,
         schedule="cosine",        # cosine (MAE) | linear (BERT) | linear_electra (warmup multiplies the decay)
+                                  # | multistep (SimMIM: x gamma at each milestone) | constant (MDLM)
+        milestones=(),            # multistep: fractions of the run where the lr is multiplied by gamma
+        no_weight_decay_names=(),  # parameter names exempt from weight decay besides 1-D ones and biases
+        gamma=0.1,
         bias_correction=True,     # False: BERT/ELECTRA's AdamWeightDecayOptimizer
     ))
     # lr = base_lr * global_batch / lr_batch_denominator; 0 uses base_lr as is (BERT recipes).

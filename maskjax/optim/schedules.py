@@ -66,7 +66,26 @@ def warmup_linear(peak: float, warmup_steps: int, total_steps: int, end_lr: floa
     return schedule
 
 
-SCHEDULES = ("cosine", "linear", "linear_electra")
+def warmup_multistep(peak: float, warmup_steps: int, total_steps: int, milestones=(), gamma: float = 0.1) -> Callable:
+    """Linear warm-up from 0, then ``peak * gamma ** (number of milestones passed)`` (SimMIM's multistep).
+
+    ``milestones``: fractions of the run (SimMIM ViT-B 800 ep: ``(0.875,)``, the x0.1 at epoch
+    700); step ``s`` has passed milestone ``m`` when ``s >= round(m * total_steps)``. With no
+    milestones it is a warm-up then a constant lr (MDLM's ``constant`` schedule).
+    """
+    warmup_steps = max(int(warmup_steps), 0)
+    bounds = [int(round(float(m) * max(int(total_steps), 1))) for m in milestones]
+
+    def schedule(step):
+        step = jnp.asarray(step, jnp.float32)
+        passed = sum((step >= b).astype(jnp.float32) for b in bounds) if bounds else 0.0
+        flat = peak * jnp.power(jnp.float32(gamma), passed)
+        return jnp.where(step < warmup_steps, peak * step / max(warmup_steps, 1), flat)
+
+    return schedule
+
+
+SCHEDULES = ("cosine", "linear", "linear_electra", "multistep", "constant")
 
 
 def make_schedule(optim: Any, peak: float, warmup_steps: int, total_steps: int) -> Callable:
@@ -77,4 +96,9 @@ def make_schedule(optim: Any, peak: float, warmup_steps: int, total_steps: int) 
     if kind in ("linear", "linear_electra"):
         return warmup_linear(peak, warmup_steps, total_steps, optim.get("min_lr", 0.0),
                              multiply_warmup=kind == "linear_electra")
+    if kind == "multistep":
+        return warmup_multistep(peak, warmup_steps, total_steps, tuple(optim.get("milestones", ()) or ()),
+                                optim.get("gamma", 0.1))
+    if kind == "constant":
+        return warmup_multistep(peak, warmup_steps, total_steps)
     raise ValueError(f"unknown optim.schedule {kind!r}; known: {SCHEDULES}")
