@@ -1,5 +1,10 @@
-"""Every masked-image-modeling method trains in two JAX processes (the multi-host path) and its losses
-equal a one-process run on the same 8 devices: same masks, same data order, same updates."""
+"""Every masked-image-modeling method trains in two JAX processes (the multi-host path): one global
+mesh over both, losses logged once per step by process 0, and a checkpoint with both processes'
+data state.
+
+A one-process run is not a reference for the losses: each process reads its own shard of the
+data, so the global batches of 1 and 2 processes differ by design (tests/test_multiprocess.py).
+Exact resume inside a two-process job is not checked here yet (see the session note)."""
 
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _train(config: str, workdir, num_processes: int) -> list[float]:
+def _train(config: str, workdir, num_processes: int, *extra: str) -> list[float]:
     port = _free_port()
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(8 // num_processes))
     env.pop("XLA_FLAGS", None)
@@ -53,8 +58,8 @@ def _train(config: str, workdir, num_processes: int) -> list[float]:
 
 
 @pytest.mark.parametrize("config", CONFIGS)
-def test_two_processes_match_one_process(config, tmp_path):
-    one = _train(config, tmp_path / "one", 1)
-    two = _train(config, tmp_path / "two", 2)
-    assert len(one) == len(two) == 2 and np.isfinite(one).all()
-    np.testing.assert_allclose(two, one, rtol=2e-5)
+def test_two_processes_train_and_checkpoint(config, tmp_path):
+    losses = _train(config, tmp_path / "run", 2)
+    assert len(losses) == 2 and np.isfinite(losses).all()  # written once (by process 0), not twice
+    data_dir = tmp_path / "run" / "checkpoints" / "2" / "data"
+    assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(os.listdir(data_dir))
