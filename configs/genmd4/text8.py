@@ -19,33 +19,19 @@ Variants on the shared character data (small model, 20k steps of 64 x 256 charac
 ``:smoke`` runs two CPU steps of a micro model on Tiny Shakespeare.
 """
 
-from maskjax.config import char_corpus, dataset_path, method_config, parse_arg, smoke
+import importlib.util
+import pathlib
+
 from maskjax.methods.genmd4 import GenMD4
+
+# MD4's text8 recipe (configs/md4/text8.py) with GenMD4's method: one recipe, two methods.
+_spec = importlib.util.spec_from_file_location("md4_text8_recipe", pathlib.Path(__file__).parents[1] / "md4" / "text8.py")
+_md4_text8 = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_md4_text8)
 
 PAPER_RESULTS = {"text8 test bpc (upper bound)": (1.34, "paper, recalled - UNVERIFIED")}
 
 
-
-
 def get_config(arg=None):
     """``arg``: shakespeare | wikitext | smoke, and steps, batch, lr (of the character variants)."""
-    args = parse_arg(arg, shakespeare=False, wikitext=False, smoke=False, steps=20_000, batch=64, lr=3e-4)
-    c = GenMD4.fill_config(method_config("genmd4"))
-    c.data.path = str(dataset_path("text8", "MASKJAX_TEXT8") / "text8")
-    c.data.seq_len = 256
-    c.data.train_stride = 1
-    c.data.heldout_fraction = 0.1
-    c.genmd4.ema_decay = 0.9999
-    c.global_batch = 512
-    c.total_steps = 1_000_000
-    c.optim.update(dict(name="adamw", base_lr=3e-4, lr_batch_denominator=0, b1=0.9, b2=0.999, eps=1e-8,
-                        weight_decay=0.0, schedule="cosine", min_lr=0.0, grad_clip=None, warmup_steps=2000))
-    c.checkpoint.every_steps = 5000
-    c.log_every_steps = 500
-    c.evals.mlm = dict(type="mlm", every_steps=5000, batch_size=512)
-    if args.smoke or args.shakespeare or args.wikitext:
-        GenMD4.char_run(c, char_corpus(args.wikitext), smoke=args.smoke, steps=args.steps, batch=args.batch,
-                        lr=args.lr)
-    if args.smoke:
-        smoke(c, data=lambda _: None)
-    return c
+    return _md4_text8.text8_recipe(GenMD4, "genmd4", arg, char_lr=3e-4)

@@ -32,13 +32,21 @@ PAPER_RESULTS = {"text8 test bpc (upper bound)": (1.37, "paper, recalled - UNVER
 
 def get_config(arg=None):
     """``arg``: shakespeare | wikitext | smoke, and steps, batch, lr (of the character variants)."""
-    args = parse_arg(arg, shakespeare=False, wikitext=False, smoke=False, steps=20_000, batch=64, lr=5e-4)
-    c = MD4.fill_config(method_config("md4"))
+    return text8_recipe(MD4, "md4", arg, char_lr=5e-4)
+
+
+def text8_recipe(method, name: str, arg, *, char_lr: float):
+    """MD4's text8 recipe for ``method`` (registered as ``name``); shared by configs/genmd4/text8.py.
+
+    ``char_lr``: the default lr of the small character variants (:meth:`char_run`).
+    """
+    args = parse_arg(arg, shakespeare=False, wikitext=False, smoke=False, steps=20_000, batch=64, lr=char_lr)
+    c = method.fill_config(method_config(name))
     c.data.path = str(dataset_path("text8", "MASKJAX_TEXT8") / "text8")
     c.data.seq_len = 256
     c.data.train_stride = 1
     c.data.heldout_fraction = 0.1
-    c.md4.ema_decay = 0.9999
+    c[name].ema_decay = 0.9999
     c.global_batch = 512
     c.total_steps = 1_000_000
     c.optim.update(dict(name="adamw", base_lr=3e-4, lr_batch_denominator=0, b1=0.9, b2=0.999, eps=1e-8,
@@ -47,7 +55,7 @@ def get_config(arg=None):
     c.log_every_steps = 500
     c.evals.mlm = dict(type="mlm", every_steps=5000, batch_size=512)
     if args.smoke or args.shakespeare or args.wikitext:
-        MD4.char_run(c, char_corpus(args.wikitext), smoke=args.smoke, steps=args.steps, batch=args.batch, lr=args.lr)
+        method.char_run(c, char_corpus(args.wikitext), smoke=args.smoke, steps=args.steps, batch=args.batch, lr=args.lr)
     if args.smoke:
         smoke(c, data=lambda _: None)
     return c
