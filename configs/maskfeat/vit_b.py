@@ -80,6 +80,7 @@ def maskfeat_imagenet(arg, variant: str, finetune: dict):
     c.log_every_steps = 100
     c.evals.knn = dict(type="knn", every_steps=10000, train_examples=50000, test_examples=10000)
     c.evals.finetune = dict(finetune)
+    c.evals.figures = dict(type="figures", num_images=8)  # target and predicted HOG maps (hog.png)
     if args.cifar:
         mim_comparison(c)
         # 32x32 images with 4x4 patches: an 8x8 token grid. The mask ratio is a fraction of the

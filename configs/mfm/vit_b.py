@@ -64,6 +64,7 @@ def get_config(arg=None):
     c.checkpoint.every_steps = 2000
     c.log_every_steps = 100
     c.evals.reconstruction = dict(type="reconstruction", num_images=8)
+    c.evals.figures = dict(type="figures", num_images=8)  # spectra of input, mask and prediction (spectra.png)
     c.evals.knn = dict(type="knn", every_steps=10000, train_examples=50000, test_examples=10000)
     # configs/vit_base/finetune__vit_base__img224__100ep.yaml: 100 epochs, warm-up 5, BASE_LR 2e-3 x
     # 2048 / 512 (= blr 1e-3 x 2048 / 256 in maskjax's /256 rule), MIN_LR 2.5e-7 x 4, layer decay 0.8,

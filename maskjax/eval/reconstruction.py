@@ -1,4 +1,5 @@
-"""Reconstruction figures: original | masked | reconstruction, for any method with ``reconstruct``.
+"""Reconstruction figures (original | masked | reconstruction, for any method with ``reconstruct``) and
+the ``figures`` evaluator (any method with ``figures``: HOG targets, spectra, ...).
 
 The method (the contract's optional ``reconstruct``) runs its own forward pass and returns
 arrays in the input's normalisation plus a caption; this module only draws them. For MAE with a
@@ -9,10 +10,18 @@ one mean and variance per image from its visible patches only.
 
 from __future__ import annotations
 
+import os
+
+import jax
 import numpy as np
+from flax import nnx
 from PIL import Image, ImageDraw, ImageFont
 
 from maskjax.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from maskjax.errors import UsageError
+from maskjax.eval.features import say, take
+from maskjax.eval.registry import register
+from maskjax.methods import NotSupported
 
 # The caption and column names are set in CAPTION_PT points at FIGURE_DPI, the resolution written
 # into the PNG: 11 pt is 15 px, legible at 100% zoom (Pillow's default font is 10 px, ~7.5 pt).
@@ -100,3 +109,58 @@ def reconstruction_figure(method, model, images, key, path: str, stats: str = "v
     cols = method.reconstruct(model, images, key, stats=stats)
     caption = cols.pop("caption", "")
     return save_grid({k: _denormalize(np.asarray(v)) for k, v in cols.items()}, path, caption)
+
+
+def display(x) -> np.ndarray:
+    """A ``figures`` column for :func:`save_grid`: clipped to [0, 1], NaN (blank) drawn grey like a hidden patch."""
+    return np.clip(np.nan_to_num(np.asarray(x, np.float32), nan=0.5), 0.0, 1.0)
+
+
+def method_figures(method, model, images, key) -> dict[str, tuple[dict[str, np.ndarray], str]]:
+    """``method.figures`` run as one jitted program: ``{name: (columns as numpy, caption)}``.
+
+    The captions are Python strings, taken out while tracing (so they never enter the program);
+    the figures and columns keep the method's order (a jitted dict comes back sorted by key).
+    """
+    captions: dict[str, str] = {}
+    order: dict[str, list[str]] = {}
+
+    def arrays(model, images, key):
+        out = {}
+        for name, columns in method.figures(model, images, key).items():
+            columns = dict(columns)
+            captions[name] = columns.pop("caption", "")
+            order[name] = list(columns)
+            out[name] = columns
+        return out
+
+    out = jax.device_get(nnx.jit(arrays)(model, images, key))
+    return {name: ({k: np.asarray(out[name][k]) for k in columns}, captions[name]) for name, columns in order.items()}
+
+
+def save_method_figures(method, model, images, key, directory: str, suffix: str = "") -> list[str]:
+    """Writes each of :func:`method_figures` to ``<directory>/<name><suffix>.png``; returns the paths.
+
+    The method draws (its arrays are in display space, see
+    :meth:`maskjax.methods.base.Method.figures`); this only lays out the grids.
+    """
+    paths = []
+    for name, (columns, caption) in method_figures(method, model, images, key).items():
+        path = os.path.join(directory, f"{name}{suffix}.png")
+        paths.append(save_grid({k: display(v) for k, v in columns.items()}, path, caption))
+    return paths
+
+
+@register("figures")
+def figures_evaluator(model, options, ctx) -> dict:
+    """Writes each of ``method.figures`` as ``<name>[_step].png`` (options: ``num_images``, default 8)."""
+    images, _ = take(ctx, ctx.eval_source, options.get("num_images", 8), seed=1)
+    try:
+        paths = save_method_figures(ctx.method, model, images, jax.random.key(0), ctx.workdir,
+                                    "" if ctx.final else f"_{ctx.step}")
+    except NotSupported as e:
+        raise UsageError(f"{e}: the 'figures' evaluator has nothing to draw (the 'reconstruction' "
+                         "evaluator draws reconstruct() where the method has one)") from e
+    for path in paths:
+        say(f"wrote {path}")
+    return {}

@@ -21,6 +21,8 @@ member                 required     used by
 ``after_step(...)``    no           the train step, after the optimizer update: non-gradient
                                     state such as an EMA teacher (checkpointed with the state)
 ``reconstruct(...)``   no           the reconstruction-figure evaluator
+``figures(...)``       no           the ``figures`` evaluator: method-specific figures (targets,
+                                    spectra) written as ``<name>.png``
 ``sample(...)``        no           sample-grid evaluators of generative methods
 ``eval_stats(...)``    no           held-out loss/accuracy evaluators (e.g. masked-token accuracy)
 ``batch_spec()``       no           bench, fitcheck: batch shapes (default: the modality's layout)
@@ -128,6 +130,18 @@ class Method:
     def reconstruct(self, model, inputs, key: jax.Array) -> dict:
         """``{"original", "masked", "reconstruction"}`` arrays for a figure."""
         raise NotSupported(f"method {self.name!r} has no reconstruct(model, inputs, key)")
+
+    def figures(self, model, inputs, key: jax.Array) -> dict[str, dict]:
+        """Method-specific figures of ``inputs``: ``{name: {column: array, ..., "caption": str}}``.
+
+        For what ``reconstruct``'s original | masked | reconstruction grid cannot show (a HOG
+        target, a spectrum). Each figure is a grid with one row per example and one column per
+        array; every array is ``[B, H, W, 3]`` (the same ``H, W`` within a figure) in *display*
+        space: values in [0, 1], NaN for a blank (grey) pixel. The ``figures`` evaluator jits it
+        (keep it pure; captions are Python strings, so they may not depend on traced values) and
+        writes figure ``name`` to ``<workdir>/<name>.png``.
+        """
+        raise NotSupported(f"method {self.name!r} has no figures(model, inputs, key)")
 
     def sample(self, model, key: jax.Array, num: int) -> Any:
         """``num`` generated examples (generative methods)."""

@@ -147,13 +147,15 @@ class CrossMAEMethod(EncoderMethod):
         return loss, {"loss": loss}
 
     def reconstruct(self, model, inputs, key, stats: str = "visible"):
-        """Original | masked | reconstruction of ``inputs`` (normalised images [B, H, W, C]).
+        """Original | masked | reconstruction | reconstructed only, of ``inputs`` (normalised [B, H, W, C]).
 
         "masked" shows the visible patches only (hidden ones NaN); "reconstruction" shows the
         visible patches, the prediction on the reconstructed ones, and leaves the hidden but not
         reconstructed ones NaN (CrossMAE never predicts them unless kept_mask_ratio equals
-        masking.ratio). With a norm-pix target, ``stats`` picks how predictions are
-        de-normalised (:func:`~maskjax.objectives.pixels.denormalize_prediction`).
+        masking.ratio); "reconstructed only" is the partial reconstruction alone: the prediction
+        on the reconstructed patches, every other patch NaN (blank). With a norm-pix target,
+        ``stats`` picks how predictions are de-normalised
+        (:func:`~maskjax.objectives.pixels.denormalize_prediction`).
         """
         images = jnp.asarray(inputs)
         b, h, w, _ = images.shape
@@ -168,13 +170,16 @@ class CrossMAEMethod(EncoderMethod):
         visible = ~mask.mask[..., None]
         recon = jnp.where(visible, patches, jnp.where(mask.recon[..., None], full, jnp.nan))
         masked = jnp.where(visible, patches, jnp.nan)
+        only = jnp.where(mask.recon[..., None], full, jnp.nan)
         grid = (h // p, w // p)
         _, _, num_recon = crossmae_counts(model.num_patches, self.mask_ratio, self.kept_mask_ratio)
         caption = (f"mask ratio {self.mask_ratio:.2f}, {num_recon} of {model.num_patches} patches "
-                   f"reconstructed (kept mask ratio {self.kept_mask_ratio:.2f}; the others hidden stay grey); "
+                   f"reconstructed (kept mask ratio {self.kept_mask_ratio:.2f}; the others hidden stay grey, and "
+                   f"the last column shows the reconstructed patches alone); "
                    + RECON_CAPTIONS[stats if self.norm_pix else "none"])
         return {"original": images, "masked": unpatchify(masked, p, *grid),
-                "reconstruction": unpatchify(recon, p, *grid), "caption": caption}
+                "reconstruction": unpatchify(recon, p, *grid), "reconstructed only": unpatchify(only, p, *grid),
+                "caption": caption}
 
     def flops(self, global_batch):
         """Analytic count (:func:`crossmae_flops`)."""

@@ -38,12 +38,15 @@ kept (it gets no gradient from this loss, so it stays at its identity init and o
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
+from maskjax.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from maskjax.masking.block import maskfeat_block_params, maskfeat_mask
 from maskjax.methods import register
 from maskjax.methods.mae import EncoderMethod, check_vit_config, compute_dtype
@@ -51,10 +54,13 @@ from maskjax.models.layers import dense, layer_norm
 from maskjax.models.mim_vit import ABS_POS, INITS, MaskTokenViT
 from maskjax.models.vit import parse_variant
 from maskjax.objectives import weighted_token_mean
-from maskjax.objectives.hog import HOG_BINS, HOG_CELL, hog_target_dim, hog_token_targets
+from maskjax.objectives.hog import HOG_BINS, HOG_CELL, hog_cells, hog_target_dim, hog_token_targets
 
 NAME = "maskfeat"
 HEAD_INIT_STD = 0.02
+# A HOG cell is drawn at least this many pixels wide in the figure: 9 line orientations in an
+# 8-pixel square (ImageNet's cell) are not told apart, in 16 they are.
+GLYPH_MIN_PX = 16
 
 
 def _torch_trunc_normal(std: float = HEAD_INIT_STD):
@@ -119,6 +125,48 @@ def maskfeat_loss(pred: jax.Array, target: jax.Array, hidden: jax.Array) -> jax.
     """
     per_token = jnp.mean(jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32)), axis=-1)
     return weighted_token_mean(per_token, hidden)
+
+
+def orientation_stencils(nbins: int, size: int) -> np.ndarray:
+    """One anti-aliased line per orientation bin through the centre of a ``size`` square: [nbins, size, size].
+
+    ``HOGLayerC`` puts a gradient in bin ``b`` when ``theta = atan2(gx, gy)`` (mod pi) lies in
+    ``[b pi / nbins, (b + 1) pi / nbins)``; with its kernels ``(gy, gx)`` is minus the (row,
+    column) derivative, so the gradient points along ``(cos theta, sin theta)`` in (row, column)
+    and the edge along ``(-sin theta, cos theta)``. As skimage's HOG picture, the line is drawn
+    along the *edge* at the bin's centre angle (a vertical edge -> bin 4 of 9 -> a vertical line),
+    about one pixel wide, ending a pixel short of the square's border.
+    """
+    theta = (np.arange(nbins) + 0.5) * np.pi / nbins
+    edge_row, edge_col = -np.sin(theta)[:, None, None], np.cos(theta)[:, None, None]
+    rows, cols = np.mgrid[0:size, 0:size] - (size - 1) / 2.0
+    across = np.abs(rows * edge_col - cols * edge_row)   # distance from the line
+    along = np.abs(rows * edge_row + cols * edge_col)    # distance from the centre along it
+    return (np.clip(1.0 - across, 0.0, 1.0) * (along <= size / 2.0 - 1.0)).astype(np.float32)
+
+
+def hog_glyphs(cells: jax.Array, size: int) -> jax.Array:
+    """Histograms [B, Hc, Wc, nbins] drawn as orientation glyphs: grey [B, Hc * size, Wc * size].
+
+    Each cell is the pixel-wise max over bins of ``value x`` :func:`orientation_stencils`, values
+    clipped to [0, 1] on an absolute scale (an L2-normalised histogram has no bin above 1), so a
+    target and a prediction drawn this way compare directly. An all-zero histogram is black.
+    """
+    b, hc, wc, nbins = cells.shape
+    values = jnp.clip(cells.astype(jnp.float32), 0.0, 1.0)
+    stencils = jnp.asarray(orientation_stencils(nbins, size))
+    glyphs = (values[..., None, None] * stencils).max(axis=3)  # [B, Hc, Wc, size, size]
+    return glyphs.transpose(0, 1, 3, 2, 4).reshape(b, hc * size, wc * size)
+
+
+def token_cells(tokens: jax.Array, grid: int, per: int, channels: int, nbins: int) -> jax.Array:
+    """Per-token HOG vectors [B, L, C * nbins * per^2] (:func:`hog_token_targets` order) back to cells.
+
+    Returns [B, grid * per, grid * per, C, nbins], the layout of :func:`hog_cells`.
+    """
+    b = tokens.shape[0]
+    x = tokens.reshape(b, grid, grid, channels, nbins, per, per)
+    return x.transpose(0, 1, 5, 2, 6, 3, 4).reshape(b, grid * per, grid * per, channels, nbins)
 
 
 @register(NAME)
@@ -231,6 +279,42 @@ class MaskFeat(EncoderMethod):
         pred, _ = model(images, hidden)
         loss = maskfeat_loss(pred, self.hog_targets(images, model.patch_size), hidden)
         return loss, {"loss": loss, "hidden_fraction": jnp.mean(hidden.astype(jnp.float32))}
+
+    def figures(self, model, inputs, key):
+        """``hog``: image | masked | target HOG | predicted HOG (on the masked tokens), in display space.
+
+        The target is the HOG of the model's (normalised) input; the prediction is the head's
+        output on the masked tokens of a mask drawn as in training (one key per example, split
+        from ``key``), unpacked to cells (:func:`token_cells`). Both are averaged over the colour
+        channels and drawn as :func:`hog_glyphs`; the visible tokens of the prediction are blank
+        (they are never scored). The images are enlarged to the glyphs' size.
+        """
+        images = jnp.asarray(inputs, jnp.float32)
+        b, _, _, channels = images.shape
+        grid, patch = model.encoder.grid, model.patch_size
+        per = patch // self.cell
+        keys = jax.random.split(key, b) if key.ndim == 0 else key
+        hidden = self.masks(keys, grid)
+        pred, _ = model(images, hidden)
+        target = hog_cells(images, self.nbins, self.cell).mean(axis=3)
+        predicted = token_cells(pred, grid, per, channels, self.nbins).mean(axis=3)
+        hidden_cells = hidden.reshape(b, grid, grid).repeat(per, 1).repeat(per, 2)
+        size = self.cell * math.ceil(GLYPH_MIN_PX / self.cell)
+        zoom = size // self.cell
+        pixels = images * jnp.asarray(IMAGENET_STD, jnp.float32) + jnp.asarray(IMAGENET_MEAN, jnp.float32)
+        pixels = jnp.clip(pixels, 0.0, 1.0).repeat(zoom, 1).repeat(zoom, 2)
+        hidden_pixels = hidden_cells.repeat(size, 1).repeat(size, 2)[..., None]
+        grey = lambda x: jnp.repeat(x[..., None], 3, axis=-1)  # noqa: E731
+        caption = (f"MaskFeat HOG of the normalised input: {self.nbins} unsigned orientation bins per "
+                   f"{self.cell}x{self.cell}-pixel cell, averaged over the colour channels; a cell is drawn as "
+                   f"one line per bin along its edge direction (perpendicular to the gradient), brightness = "
+                   f"the bin's value (histograms L2-normalised per channel and cell; 1 = white). Prediction "
+                   f"on the masked tokens only (grey: visible tokens, never scored)")
+        return {"hog": {"image": pixels, "masked": jnp.where(hidden_pixels, jnp.nan, pixels),
+                        "target HOG": grey(hog_glyphs(target, size)),
+                        # Blanked after drawing: NaN does not reliably survive XLA's fused clip/max.
+                        "predicted HOG": jnp.where(hidden_pixels, grey(hog_glyphs(predicted, size)), jnp.nan),
+                        "caption": caption}}
 
     def flops(self, global_batch):
         """Patch embedding on the ``L`` patches, the encoder on all ``1 + L`` tokens (masked ones are

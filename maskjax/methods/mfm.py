@@ -78,6 +78,22 @@ def corrupt_normalized(images: jax.Array, freq_masks: jax.Array) -> jax.Array:
     return from_unit_range(mfm_corrupt(to_unit_range(images), freq_masks))
 
 
+def log_spectra(images: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """``log(1 + |F|)`` of [0, 1] images [B, H, W, 3] for figures: grey [B, H, W] in [0, 1] per entry.
+
+    ``F`` is :func:`ortho_spectrum` (fftshift-ed: the zero frequency at ``(H // 2, W // 2)``),
+    its magnitude averaged over the channels. Every entry is divided by the per-image maximum of
+    the *first* entry (the original) over its non-zero frequencies, so the spectra of one row
+    share a scale and the zero frequency, far above the rest, saturates instead of turning every
+    other frequency dark; values are clipped to [0, 1].
+    """
+    logs = {k: jnp.log1p(jnp.abs(ortho_spectrum(v)).mean(axis=1)) for k, v in images.items()}
+    first = next(iter(logs.values()))
+    h, w = first.shape[1:]
+    scale = first.at[:, h // 2, w // 2].set(0.0).max(axis=(1, 2), keepdims=True)
+    return {k: jnp.clip(v / jnp.maximum(scale, 1e-12), 0.0, 1.0) for k, v in logs.items()}
+
+
 def pixel_shuffle_tokens(tokens: jax.Array, patch: int, grid_h: int, grid_w: int) -> jax.Array:
     """[B, L, C*p*p] head outputs -> [B, H, W, C] images, as PixelShuffle(p) after a 1x1 conv.
 
@@ -278,6 +294,16 @@ class MFM(EncoderMethod):
         low = jnp.mean(mfm_is_low_pass(masks).astype(jnp.float32))
         return loss, {"loss": loss, "low_pass_fraction": low}
 
+    def _figure_masks(self, key, batch: int, size: int, filters: str) -> jax.Array:
+        """The frequency masks [B, H, W] (1 = kept) of a figure; ``filters`` as in :meth:`reconstruct`."""
+        if filters not in FILTERS:
+            raise ValueError(f"filters must be one of {FILTERS}, got {filters!r}")
+        if filters == "random":
+            return self.freq_masks(key, batch, size)
+        low = jnp.arange(batch) % 2 == 0 if filters == "alternate" else jnp.full((batch,), filters == "low")
+        base = mfm_base_mask(size, size, self.radius1, self.radius2)  # the low-pass mask M
+        return jnp.where(low[:, None, None], base, 1.0 - base)
+
     def reconstruct(self, model, inputs, key, stats=None, *, filters: str = "alternate", spectra: bool = False):
         """Original | corrupted | reconstruction of normalised ``inputs`` [B, H, W, 3].
 
@@ -285,20 +311,13 @@ class MFM(EncoderMethod):
         "random" (drawn from ``key`` as in training), "low" or "high". The reconstruction is the
         raw prediction (the loss scores only its masked frequencies). With ``spectra`` three more
         columns show ``log(1 + |F|)`` of each image (channel mean, scaled by the original's
-        maximum) as grey images. Everything is in the input's normalisation, as the figure
-        evaluator expects; ``stats`` (MAE's norm-pix option) does not apply.
+        maximum over its non-zero frequencies, :func:`log_spectra`) as grey images. Everything is in
+        the input's normalisation, as the figure evaluator expects; ``stats`` (MAE's norm-pix
+        option) does not apply.
         """
         del stats
-        if filters not in FILTERS:
-            raise ValueError(f"filters must be one of {FILTERS}, got {filters!r}")
         images = jnp.asarray(inputs, jnp.float32)
-        b, size = images.shape[0], images.shape[1]
-        if filters == "random":
-            masks = self.freq_masks(key, b, size)
-        else:
-            low = jnp.arange(b) % 2 == 0 if filters == "alternate" else jnp.full((b,), filters == "low")
-            base = mfm_base_mask(size, size, self.radius1, self.radius2)  # the low-pass mask M
-            masks = jnp.where(low[:, None, None], base, 1.0 - base)
+        masks = self._figure_masks(key, images.shape[0], images.shape[1], filters)
         corrupted = corrupt_normalized(images, masks)
         recon = model(corrupted).astype(jnp.float32)
         out = {"original": images, "corrupted": corrupted, "reconstruction": recon}
@@ -306,13 +325,34 @@ class MFM(EncoderMethod):
                    + ("rows alternate low-pass / high-pass" if filters == "alternate" else f"{filters} filters")
                    + "; reconstruction = raw prediction (loss on the masked frequencies only)")
         if spectra:
-            logs = {k: jnp.log1p(jnp.abs(ortho_spectrum(to_unit_range(v))).mean(axis=1)) for k, v in out.items()}
-            scale = logs["original"].max(axis=(1, 2), keepdims=True)
-            for k, v in logs.items():
-                grey = jnp.clip(v / scale, 0.0, 1.0)[..., None].repeat(3, axis=-1)
-                out[f"spectrum {k}"] = from_unit_range(grey)
+            for k, grey in log_spectra({k: to_unit_range(v) for k, v in out.items()}).items():
+                out[f"spectrum {k}"] = from_unit_range(grey[..., None].repeat(3, axis=-1))
             caption += "; spectra: log(1+|F|), low frequencies at the centre"
         return {**out, "caption": caption}
+
+    def figures(self, model, inputs, key):
+        """``spectra``: the images, the kept-frequency mask and the log-magnitude spectra (display space).
+
+        Columns: original | corrupted input | reconstruction | spectrum of the original | the
+        frequency mask (white = kept, black = removed: what the loss scores) | spectrum of the
+        corrupted input | spectrum of the reconstruction (the predicted spectrum). Rows alternate
+        low-pass / high-pass. Spectra are :func:`log_spectra` (fftshift-ed: the zero frequency at
+        row ``H // 2``, column ``W // 2``), scaled by each original's largest non-zero frequency.
+        """
+        out = self.reconstruct(model, inputs, key, filters="alternate")
+        caption = out.pop("caption")
+        unit = {k: jnp.clip(to_unit_range(v), 0.0, 1.0) for k, v in out.items()}
+        spectra = log_spectra({k: to_unit_range(v) for k, v in out.items()})
+        masks = self._figure_masks(key, unit["original"].shape[0], unit["original"].shape[1], "alternate")
+        grey = lambda x: jnp.repeat(x[..., None], 3, axis=-1)  # noqa: E731
+        columns = {"original": unit["original"], "corrupted input": unit["corrupted"],
+                   "reconstruction": unit["reconstruction"], "spectrum": grey(spectra["original"]),
+                   "kept frequencies": grey(masks), "spectrum of input": grey(spectra["corrupted"]),
+                   "predicted spectrum": grey(spectra["reconstruction"])}
+        caption += ("; spectra: log(1+|F|) of the [0, 1] image, channel mean, zero frequency at the centre, "
+                    "scaled by the original's largest non-zero frequency; mask: white = kept, black = removed "
+                    "(scored by the loss)")
+        return {"spectra": {**columns, "caption": caption}}
 
     def flops(self, global_batch):
         """Patch embedding and encoder on all ``L`` patches (+ cls), the head on the ``L`` patch tokens.
