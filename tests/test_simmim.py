@@ -337,16 +337,13 @@ def test_check_config_messages():
                for e in _errors(**{"masking.kind": "block", "simmim.block.num_masking_patches": 75}))
     assert any("attention_impl='blockwise'" in e for e in _errors(**{"model.attention_impl": "blockwise"}))
     assert any("model.abs_pos" in e for e in _errors(**{"model.abs_pos": "rope"}))
-    config = tiny_config()
-    config.evals.finetune = {"type": "finetune"}
-    errors: list[str] = []
-    make_method(config).check_config(config, errors)
-    assert any("evals.finetune" in e and "layer scale" in e for e in errors)
     cifar = load_config(f"{CONFIGS / 'vit_b_800ep.py'}:cifar")
     cifar.evals.finetune = {"type": "finetune"}
-    errors = []
+    errors: list[str] = []
     make_method(cifar).check_config(cifar, errors)
-    assert errors == []  # the comparison's encoder is MAE's ViT: the fine-tune evaluator loads it whole
+    assert errors == []
+    # The comparison's encoder is MAE's ViT: the fine-tune evaluator's own classifier loads it whole.
+    assert make_method(cifar).finetune_encoder(image_size=32, drop_path=0.1, rngs=nnx.Rngs(0)) is None
 
 
 def test_cifar_variants_scale_the_masks_to_the_8x8_grid():
@@ -375,3 +372,44 @@ def test_trains_and_resumes_exactly(tmp_path):
     assert all(np.isfinite(v) for v in split.values())
     # 12 of 16 tokens hidden in every image (3 of 2x2 units of 2x2 tokens).
     assert all(h["hidden_fraction"] == pytest.approx(0.75) for h in straight.history)
+
+
+def test_finetune_keeps_layer_scale_and_copies_the_shared_bias_into_every_block(tiny):
+    """SimMIM fine-tunes its own ViT: the classifier built from ``finetune_encoder`` loads every
+    pre-trained weight (gammas and q/v biases included), each block's relative position table starts
+    from the shared one (``load_pretrained``), so at load time its mean-pooled features equal the
+    pre-trained encoder's; afterwards the per-block tables are independent parameters."""
+    from maskjax.eval.finetune import load_encoder_params
+    from maskjax.core.trees import to_tree
+    from maskjax.models.classifier import ViTClassifier
+    from maskjax.optim.layer_decay import finetune_decay_mask
+
+    method, model = tiny
+    encoder = method.encoder(model)
+    size = tiny_config().data.image_size
+
+    def build():
+        rngs = nnx.Rngs(0)
+        custom = method.finetune_encoder(image_size=size, drop_path=0.0, rngs=rngs)
+        return ViTClassifier("mu/4", image_size=size, num_classes=3, pool="gap", rngs=rngs, encoder=custom)
+
+    classifier = _filled(build, seed=1)
+    assert isinstance(classifier.encoder, MaskTokenViT) and classifier.encoder.rel_pos_bias is None
+    graphdef, params_state, rest = nnx.split(classifier, nnx.Param, ...)
+    pretrained = classifier.encoder.adapt_pretrained(to_tree(nnx.state(encoder, nnx.Param)))
+    params, missing = load_encoder_params(to_tree(params_state), pretrained)
+    assert missing == []  # every classifier-encoder weight came from the pre-trained encoder
+    nnx.replace_by_pure_dict(params_state, params)
+    classifier = nnx.merge(graphdef, params_state, rest)
+    images = jnp.asarray(_normal(3, (2, size, size, 3)))
+    feats = jax.jit(lambda m, x: m.features(x))(classifier, images)
+    _, aux = jax.jit(lambda e, x: e(x))(encoder, images)
+    expected = classifier.fc_norm(aux["block_tokens"].mean(axis=1))
+    np.testing.assert_allclose(np.asarray(feats), np.asarray(expected), rtol=1e-5, atol=1e-5)
+    # Block 0's table is its own: changing it changes the features, and it is not weight-decayed.
+    table = classifier.encoder.blocks[0].rel_pos_bias.relative_position_bias_table
+    table[...] = table[...] + jnp.asarray(_normal(4, table.shape))  # not a constant: softmax ignores those
+    assert not np.allclose(np.asarray(jax.jit(lambda m, x: m.features(x))(classifier, images)), np.asarray(feats))
+    mask = to_tree(finetune_decay_mask(nnx.state(classifier, nnx.Param)))
+    blocks = mask["encoder"]["blocks"]
+    assert blocks[min(blocks)]["rel_pos_bias"]["relative_position_bias_table"] is False

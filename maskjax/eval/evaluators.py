@@ -176,6 +176,7 @@ def finetune(model, options, ctx) -> dict:
     kwargs = {k: options[k] for k in keys if k in options}
     out = mae_finetune(ctx.method.encoder(model), ctx.train_source, ctx.eval_source, image_size=config.data.image_size,
                        num_classes=source_classes(ctx.train_source, options), crop_pct=config.data.crop_pct,
-                       seed=config.seed, variant=config.model.variant, **kwargs)
+                       seed=config.seed, variant=config.model.variant, build_encoder=ctx.method.finetune_encoder,
+                       **kwargs)
     say(f"MAE fine-tune: top-1 {100 * out['top1']:.1f}% after {out['steps']} steps")
     return out

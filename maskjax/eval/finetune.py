@@ -14,7 +14,7 @@ trainer, and a multi-process run is refused with a message rather than silently 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -63,18 +63,30 @@ def mae_finetune(encoder: Any, train_source, eval_source, *, image_size: int, nu
                  drop_path: float = 0.1, weight_decay: float = 0.05, warmup_epochs: float = 5,
                  min_lr: float = 1e-6, mixup: float = 0.8, cutmix: float = 1.0, label_smoothing: float = 0.1,
                  pool: str = "gap", crop_pct: float = 0.875, augment: str = "finetune", seed: int = 0,
-                 max_eval: int | None = None, train_examples: int | None = None, variant: str | None = None) -> dict[str, float]:
-    """Fine-tunes a classifier initialised from ``encoder`` (a maskjax ViT); returns top-1."""
+                 max_eval: int | None = None, train_examples: int | None = None, variant: str | None = None,
+                 build_encoder: Callable[..., Any] | None = None) -> dict[str, float]:
+    """Fine-tunes a classifier initialised from ``encoder`` (a maskjax ViT); returns top-1.
+
+    ``build_encoder(image_size=, drop_path=, rngs=)``: a fresh encoder of the method's own
+    fine-tuning architecture (:meth:`maskjax.methods.base.Method.finetune_encoder`), or None for
+    maskjax's ViT of ``variant``; an encoder with ``adapt_pretrained(tree)`` maps the pre-trained
+    parameter tree onto its layout first (e.g. a shared relative position bias copied per block).
+    """
     train_source = maybe_subset(train_source, train_examples, seed)
     eval_source = maybe_subset(eval_source, max_eval, seed + 1)
     if jax.process_count() > 1:
         raise NotImplementedError("the fine-tune evaluator runs on one host; run `maskjax eval --evals ...` "
                                   "in a single process (it uses all local devices)")
     variant = variant or _variant_of(encoder)
+    rngs = nnx.Rngs(params=jax.random.key(seed))
+    custom = build_encoder(image_size=image_size, drop_path=drop_path, rngs=rngs) if build_encoder else None
     model = ViTClassifier(variant, image_size=image_size, num_classes=num_classes, pool=pool,
-                          drop_path=drop_path, rngs=nnx.Rngs(params=jax.random.key(seed)))
+                          drop_path=drop_path, rngs=rngs, encoder=custom)
     graphdef, params_state, rest = nnx.split(model, nnx.Param, ...)
-    params, missing = load_encoder_params(to_tree(params_state), to_tree(nnx.state(encoder, nnx.Param)))
+    pretrained = to_tree(nnx.state(encoder, nnx.Param))
+    if hasattr(model.encoder, "adapt_pretrained"):
+        pretrained = model.encoder.adapt_pretrained(pretrained)
+    params, missing = load_encoder_params(to_tree(params_state), pretrained)
     n_train = len(train_source)
     batch_size = min(batch_size, n_train - n_train % 2)
     steps_per_epoch = n_train // batch_size

@@ -127,6 +127,16 @@ class Method:
         """The module that fine-tuning evaluators train (default: the whole model)."""
         return model
 
+    def finetune_encoder(self, *, image_size: int, drop_path: float, rngs: Any) -> Any:
+        """A fresh encoder of this method's fine-tuning architecture for the ``finetune`` evaluator,
+        or None (the default): maskjax's ViT of ``config.model.variant``, which MAE-style encoders
+        load unchanged. Override it when the recipe fine-tunes another architecture (e.g. SimMIM's
+        layer scale and per-block relative position biases); the encoder's parameters load by name
+        from :meth:`encoder` (through its ``adapt_pretrained(tree)`` when it has one).
+        """
+        del image_size, drop_path, rngs
+        return None
+
     def reconstruct(self, model, inputs, key: jax.Array) -> dict:
         """``{"original", "masked", "reconstruction"}`` arrays for a figure."""
         raise NotSupported(f"method {self.name!r} has no reconstruct(model, inputs, key)")

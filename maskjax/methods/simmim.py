@@ -26,7 +26,7 @@ from maskjax.masking.block import blockwise_mask
 from maskjax.masking.patch_units import simmim_grid, simmim_mask
 from maskjax.methods import register
 from maskjax.methods.mae import EncoderMethod, check_vit_config, compute_dtype
-from maskjax.models.mim_vit import ABS_POS, BIAS_IMPLS, INITS, SimMIMModel
+from maskjax.models.mim_vit import ABS_POS, BIAS_IMPLS, INITS, MaskTokenViT, SimMIMModel
 
 MASK_KINDS = ("patch_units", "block")
 LOSS_EPS = 1e-5  # SimMIM.forward: / (mask.sum() + 1e-5)
@@ -90,14 +90,6 @@ class SimMIM(EncoderMethod):
             errors.append(f"model.attention_impl={impl!r} has no additive bias for model.rel_pos_bias; use None "
                           f"or one of {BIAS_IMPLS}, or set model.rel_pos_bias=False")
         cls._check_masking(config, errors)
-        plain = (m.get("layer_scale") is None and not m.get("rel_pos_bias") and m.get("abs_pos") == "sincos"
-                 and m.get("qkv_bias") == "qkv")
-        for name, options in config.get("evals", {}).items():
-            if options.get("type") == "finetune" and not plain:
-                errors.append(f"evals.{name}: the finetune evaluator builds MAE's ViT classifier, which has no "
-                              f"layer scale, relative position bias, q/v biases or learned/absent positions; "
-                              f"it would drop them. Remove it, or pre-train with model.layer_scale=None, "
-                              f"model.rel_pos_bias=False, model.abs_pos='sincos', model.qkv_bias='qkv'")
 
     @staticmethod
     def _check_masking(config, errors: list[str]) -> None:
@@ -150,8 +142,25 @@ class SimMIM(EncoderMethod):
             dtype=compute_dtype(c.get("compute_dtype", "float32")), remat=c.get("remat", False),
             attention_impl=m.get("attention_impl", None), scan_layers=bool(m.get("scan_layers", False)),
             drop_path=float(m.get("drop_path", 0.0)), layer_scale=m.get("layer_scale"),
-            rel_pos_bias=bool(m.get("rel_pos_bias")), abs_pos=m.get("abs_pos", "sincos"),
+            rel_pos_bias=m.get("rel_pos_bias") or False, abs_pos=m.get("abs_pos", "sincos"),
             qkv_bias=m.get("qkv_bias", "qkv"), init=m.get("init", "beit"), rngs=rngs)
+
+    def finetune_encoder(self, *, image_size: int, drop_path: float, rngs):
+        """SimMIM's fine-tuning ViT when pre-training used its own architecture: the same layer
+        scale, q/v biases and positions, and one relative position bias *per block* (the official
+        fine-tune configs' ``USE_RPB``), each starting from the pre-trained shared table
+        (:meth:`MaskTokenViT.adapt_pretrained`). None (MAE's ViT) for the plain architecture of the
+        ``:cifar`` comparison, whose encoder that classifier loads whole."""
+        m = self.config.model
+        plain = (m.get("layer_scale") is None and not m.get("rel_pos_bias") and m.get("abs_pos") == "sincos"
+                 and m.get("qkv_bias") == "qkv")
+        if plain:
+            return None
+        return MaskTokenViT(m.variant, image_size=image_size, in_chans=m.get("in_chans", 3), rngs=rngs,
+                            drop_path=drop_path, layer_scale=m.get("layer_scale"),
+                            rel_pos_bias="per_block" if m.get("rel_pos_bias") else False,
+                            abs_pos=m.get("abs_pos", "sincos"), qkv_bias=m.get("qkv_bias", "qkv"),
+                            init=m.get("init", "beit"))
 
     def hidden_grid(self, keys: jax.Array, grid: int, patch: int) -> jax.Array:
         """Masks bool [B, G, G] (True = hidden), one per per-example key."""

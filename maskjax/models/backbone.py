@@ -143,6 +143,11 @@ class Backbone(nnx.Module):
             keys = block_keys(key, stack_depth(self.stack_blocks))
         return apply_blocks(self.stack_blocks, x, self.remat, keys, *args)
 
+    def block_args(self) -> tuple:
+        """Extra inputs that every block takes after ``x`` in a plain forward (none by default; e.g.
+        a shared attention bias)."""
+        return ()
+
     def final_norm(self, x: jax.Array) -> jax.Array:
         """The final LayerNorm; identity without one (or once a fine-tuning head has removed it)."""
         name = self.stack_names[1]

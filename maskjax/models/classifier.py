@@ -48,22 +48,26 @@ class ViTClassifier(nnx.Module):
       drop_path: maximum stochastic-depth rate (linear over depth), active when a ``drop_key`` is given.
       head_init_std: std of the head weight init (MAE: 2e-5); the head bias starts at 0.
       learned_pos_embed: position embedding as a trainable parameter (True) or fixed buffer.
+      encoder: a ready encoder module to fine-tune instead of maskjax's ViT of ``variant`` (a
+        method's own architecture, e.g. SimMIM's layer-scale ViT with per-block relative position
+        biases); it needs ``width``, ``embed``, ``run_blocks``, ``block_args`` and ``final_norm``.
     """
 
     def __init__(self, variant: str, *, image_size: int, num_classes: int, pool: str = "gap",
                  drop_path: float = 0.0, head_init_std: float = 2e-5, learned_pos_embed: bool = True,
                  in_chans: int = 3, rngs: nnx.Rngs, dtype: Any = None, remat: bool = False,
-                 attention_impl: str | None = None):
+                 attention_impl: str | None = None, encoder: nnx.Module | None = None):
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
         self.pool = pool
         self.num_classes = num_classes
-        self.encoder = ViT(variant, image_size=image_size, in_chans=in_chans, rngs=rngs, dtype=dtype,
-                           drop_path=drop_path, remat=remat, attention_impl=attention_impl)
+        self.encoder = encoder if encoder is not None else ViT(
+            variant, image_size=image_size, in_chans=in_chans, rngs=rngs, dtype=dtype, drop_path=drop_path,
+            remat=remat, attention_impl=attention_impl)
         width = self.encoder.width
-        if learned_pos_embed:
+        if learned_pos_embed and getattr(self.encoder, "pos_embed", None) is not None:
             self.encoder.pos_embed = nnx.Param(self.encoder.pos_embed[...], logical_axes=(None, None, "embed"))
         if pool == "gap":
             self.encoder.norm = None  # deleted in models_vit.py when global_pool is on
@@ -81,7 +85,7 @@ class ViTClassifier(nnx.Module):
     def features(self, images: jax.Array, *, drop_key: jax.Array | None = None) -> jax.Array:
         """Pooled features [B, D] that feed the head."""
         enc = self.encoder
-        x = enc.run_blocks(enc.embed(images), drop_key)
+        x = enc.run_blocks(enc.embed(images), drop_key, args=enc.block_args())
         if self.pool == "gap":
             return self.fc_norm(x[:, 1:].mean(axis=1))
         return enc.final_norm(x)[:, 0]

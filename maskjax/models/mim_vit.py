@@ -44,6 +44,8 @@ from maskjax.models.vit import parse_variant
 
 ABS_POS = ("sincos", "learned", "none")
 INITS = ("beit", "timm")
+# Relative position bias: off, one table shared by all blocks (True / "shared"), one per block.
+RPB_MODES = (False, True, "shared", "per_block")
 # attention_impl values that take an additive bias ("blockwise" has no bias operand).
 BIAS_IMPLS = ("xla", "bhtd", "cudnn")
 INIT_STD = 0.02
@@ -234,8 +236,11 @@ class LayerScaleBlock(nnx.Module):
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, *, rngs: nnx.Rngs, dtype: Any = None,
                  drop_path: float = 0.0, attention_impl: str | None = None, qkv_bias: str = "qkv",
-                 layer_scale: float | None = None, kernel_init: Any = None):
+                 layer_scale: float | None = None, kernel_init: Any = None, rel_pos_grid: int | None = None):
         kernel_init = kernel_init or trunc_normal_init(_TRUNC_SIGMAS["beit"])
+        # BEiT/SimMIM fine-tuning's per-block relative position bias (USE_RPB): this block's own table.
+        self.rel_pos_bias = (RelativePositionBias(rel_pos_grid, rel_pos_grid, num_heads)
+                             if rel_pos_grid is not None else None)
         self.norm1 = layer_norm(dim, rngs=rngs, dtype=dtype)
         self.attn = BiasedAttention(dim, num_heads, rngs=rngs, dtype=dtype, attention_impl=attention_impl,
                                     qkv_bias=qkv_bias, kernel_init=kernel_init)
@@ -264,6 +269,8 @@ class LayerScaleBlock(nnx.Module):
 
     def __call__(self, x: jax.Array, bias: jax.Array | None = None, key: jax.Array | None = None) -> jax.Array:
         k1, k2 = (None, None) if key is None else _split_drop_key(key)
+        if self.rel_pos_bias is not None:
+            bias = self.rel_pos_bias() if bias is None else bias + self.rel_pos_bias()
         x = x + self._branch(self.attn(self.norm1(x), bias), self.gamma_1, k1)
         return x + self._branch(self.mlp(self.norm2(x)), self.gamma_2, k2)
 
@@ -285,13 +292,14 @@ class MaskTokenViT(Encoder):
     * ``drop_key``: stochastic depth; one PRNG key or per-example keys [B] (None: deterministic).
 
     Args (besides :class:`maskjax.models.vit.ViT`'s): ``layer_scale`` (BEiT gamma init, None = off),
-    ``rel_pos_bias`` (one shared BEiT relative position bias), ``abs_pos`` ("sincos" fixed,
+    ``rel_pos_bias`` (True or "shared": one BEiT relative position bias for all blocks, as SimMIM
+    pre-trains; "per_block": one table per block, as BEiT/SimMIM fine-tune), ``abs_pos`` ("sincos" fixed,
     "learned", "none"), ``qkv_bias`` ("qkv" timm, "qv" BEiT), ``init`` (:data:`INITS`, module docstring).
     """
 
     def __init__(self, variant: str, *, image_size: int, in_chans: int = 3, rngs: nnx.Rngs, dtype: Any = None,
                  drop_path: float = 0.0, remat: bool | str = False, attention_impl: str | None = None,
-                 scan_layers: bool = False, layer_scale: float | None = None, rel_pos_bias: bool = False,
+                 scan_layers: bool = False, layer_scale: float | None = None, rel_pos_bias: bool | str = False,
                  abs_pos: str = "sincos", qkv_bias: str = "qkv", init: str = "beit"):
         size, patch = parse_variant(variant)
         if image_size % patch:
@@ -324,13 +332,18 @@ class MaskTokenViT(Encoder):
                                        logical_axes=(None, None, "embed"))
         else:
             self.pos_embed = None
-        self.rel_pos_bias = RelativePositionBias(self.grid, self.grid, size.heads) if rel_pos_bias else None
+        if rel_pos_bias not in RPB_MODES:
+            raise ValueError(f"rel_pos_bias must be one of {RPB_MODES}, got {rel_pos_bias!r}")
+        per_block = rel_pos_bias == "per_block"
+        shared = bool(rel_pos_bias) and not per_block
+        self.rel_pos_bias = RelativePositionBias(self.grid, self.grid, size.heads) if shared else None
 
         def make_block(block_rngs: nnx.Rngs, index: int, rate: float) -> LayerScaleBlock:
             del index  # identical blocks (scan_layers); fix_init_weight's per-block scale comes after
             return LayerScaleBlock(size.width, size.heads, size.mlp_ratio, rngs=block_rngs, dtype=dtype,
                                    drop_path=rate, attention_impl=attention_impl, qkv_bias=qkv_bias,
-                                   layer_scale=layer_scale, kernel_init=kernel_init)
+                                   layer_scale=layer_scale, kernel_init=kernel_init,
+                                   rel_pos_grid=self.grid if per_block else None)
 
         super().__init__(size.width, size.depth, size.heads, size.mlp_ratio, rngs=rngs, dtype=dtype,
                          attention_impl=attention_impl, drop_path=drop_path, remat=remat,
@@ -394,10 +407,29 @@ class MaskTokenViT(Encoder):
         """The shared relative position bias [heads, 1+L, 1+L], or None."""
         return None if self.rel_pos_bias is None else self.rel_pos_bias()
 
+    def block_args(self) -> tuple:
+        """The extra inputs of every block: the shared relative position bias (or None)."""
+        return (self.attention_bias(),)
+
+    def adapt_pretrained(self, tree: dict) -> dict:
+        """A pre-trained encoder's parameter tree, adapted to this encoder's layout.
+
+        A per-block encoder loading a shared-bias checkpoint gets the shared table copied into every
+        block, as SimMIM's ``load_pretrained`` does (``utils.py``: ``rel_pos_bias`` ->
+        ``blocks.i.attn.relative_position_bias_table``); other trees are returned unchanged.
+        """
+        shared = tree.get("rel_pos_bias") if isinstance(tree, dict) else None
+        blocks = tree.get("blocks") if isinstance(tree, dict) else None
+        if shared is None or self.rel_pos_bias is not None or not isinstance(blocks, dict):
+            return tree
+        out = {k: v for k, v in tree.items() if k != "rel_pos_bias"}
+        out["blocks"] = {i: dict(block, rel_pos_bias=shared) for i, block in blocks.items()}
+        return out
+
     def __call__(self, images: jax.Array, hidden: jax.Array | None = None, *,
                  drop_key: jax.Array | None = None) -> tuple[jax.Array, dict]:
         x = self.embed(images, hidden)
-        args = (self.attention_bias(),)
+        args = self.block_args()
         if drop_key is not None and drop_key.ndim == 1:
             # Per-example keys [B]: each example's per-block keys come from its own key, so its
             # stochastic depth does not depend on the batch split or the mesh.
@@ -475,7 +507,7 @@ class SimMIMModel(nnx.Module):
 
 
 __all__ = [
-    "ABS_POS", "BIAS_IMPLS", "INITS", "BiasedAttention", "LayerScaleBlock", "MaskTokenViT", "RelativePositionBias",
+    "ABS_POS", "RPB_MODES", "BIAS_IMPLS", "INITS", "BiasedAttention", "LayerScaleBlock", "MaskTokenViT", "RelativePositionBias",
     "SimMIMModel", "biased_attend", "cudnn_biased_attention", "num_relative_distances", "pixel_shuffle",
     "relative_position_index", "trunc_normal_init",
 ]

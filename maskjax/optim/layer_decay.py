@@ -24,7 +24,8 @@ import jax
 import optax
 
 # timm VisionTransformer.no_weight_decay(): exempt from weight decay whatever their rank.
-NO_WEIGHT_DECAY_NAMES = frozenset({"pos_embed", "cls_token", "dist_token"})
+# timm ViT's no_weight_decay, plus BEiT/SimMIM's no_weight_decay_keywords (relative position tables).
+NO_WEIGHT_DECAY_NAMES = frozenset({"pos_embed", "cls_token", "dist_token", "relative_position_bias_table"})
 # Parameters at layer 0 (official: name in ['cls_token', 'pos_embed'] or starts with 'patch_embed').
 _LAYER0_NAMES = frozenset({"cls_token", "pos_embed", "patch_embed"})
 
@@ -77,7 +78,8 @@ def finetune_decay_mask(params: Any) -> Any:
     """Tree of bools: True where AdamW applies weight decay in MAE fine-tuning.
 
     False for parameters with ndim <= 1 (biases, LayerNorm scales) and for any path containing
-    ``pos_embed``, ``cls_token`` or ``dist_token`` (timm ViT ``no_weight_decay``); ``ndim <= 1``
+    ``pos_embed``, ``cls_token``, ``dist_token`` (timm ViT ``no_weight_decay``) or
+    ``relative_position_bias_table`` (BEiT/SimMIM ``no_weight_decay_keywords``); ``ndim <= 1``
     rather than the official ``== 1`` so scalars (none in a ViT) are not decayed either.
     """
     def decayed(path, p):
