@@ -11,11 +11,13 @@ commands:
   convert-images   convert an ImageFolder directory or tar into ArrayRecord shards
   train-tokenizer  train a WordPiece vocab.txt on text files (maskjax train-tokenizer -h)
   tokenize         tokenize and pack a text corpus into ArrayRecord blocks once (maskjax tokenize -h)
+  tokenize-images  encode an image dataset once with a trained VQ tokenizer into ArrayRecord token ids (maskjax tokenize-images -h)
   predecode-video  decode video files once into ArrayRecord clips of JPEG frames (maskjax predecode-video -h)
   make-moving-cifar  write synthetic moving-CIFAR-10 video clips as MP4 files (maskjax make-moving-cifar -h)
   convert          checkpoints: official MAE / Hugging Face <-> maskjax (maskjax convert -h)
   eval             run evaluators on a checkpoint (maskjax eval --config ... --workdir ...)
   plot             training curves of a run as a PNG (maskjax plot WORKDIR)
+  fid-stats        Inception statistics of a dataset split or image set, FID to a reference (needs the fid extra)
   repro            run a reproduction table into docs/results (maskjax repro --list)
   bench            time the train step: compile, step time, throughput, FLOPs, MFU, data wait (maskjax bench -h)
   fitcheck         compile the train step ahead of time for a target mesh / TPU topology: memory and fit
@@ -37,11 +39,13 @@ def _commands() -> dict:
         "convert-images": "maskjax.data.convert:main",
         "train-tokenizer": "maskjax.data.text.convert:main_train_tokenizer",
         "tokenize": "maskjax.data.text.convert:main",
+        "tokenize-images": "maskjax.methods.vqgan:tokenize_images_main",
         "predecode-video": "maskjax.data.video.predecode:main",
         "make-moving-cifar": "maskjax.data.video.moving_cifar:main",
         "convert": "maskjax.convert.cli:main",
         "eval": "maskjax.eval.cli:eval_main",
         "plot": "maskjax.eval.cli:plot_main",
+        "fid-stats": "maskjax.eval.fid:main",
         "repro": "maskjax.repro:main",
         "bench": "maskjax.perf.bench:main",
         "fitcheck": "maskjax.perf.fitcheck:main",

@@ -104,6 +104,11 @@ class Method:
         non-parameter variables ``extra`` (e.g. an EMA teacher declared as an ``nnx.Variable``
         that is not an ``nnx.Param``); ``step`` is the step count after the update. The result
         is part of the train state, so it is checkpointed and resumed exactly.
+
+        A loss may also return non-gradient batch statistics under ``metrics["batch_stats"]``
+        (``maskjax.train.step.BATCH_STATS``; e.g. an EMA codebook's assignment counts): the step
+        averages them over micro-batches, does not log them, and passes them here as
+        ``after_step(params, extra, step, batch_stats=...)`` (override with that keyword then).
         """
         del params, step
         return extra

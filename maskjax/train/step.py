@@ -12,6 +12,10 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from maskjax.core.keys import example_keys
 from maskjax.core.state import ModelTemplate
 
+# The metrics key under which a method's loss may return non-gradient batch statistics (e.g. an EMA
+# codebook's counts): averaged over micro-batches like any metric, never logged, passed to after_step.
+BATCH_STATS = "batch_stats"
+
 
 def split_micro(tree: Any, accum: int) -> Any:
     """[B, ...] -> [accum, B/accum, ...] with micro-batch i = rows i, i+accum, i+2*accum, ...
@@ -79,12 +83,16 @@ def make_train_step(method, template: ModelTemplate, tx: optax.GradientTransform
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         metrics = dict(metrics)
+        batch_stats = metrics.pop(BATCH_STATS, None)
         # param_norm is of the *updated* params: with loss and grad_norm it lets the loop refuse
         # to checkpoint a state that went NaN/inf (one cheap reduction, fused with the update).
         metrics.update(loss=loss, grad_norm=optax.tree.norm(grads), lr=schedule(state["step"]),
                        param_norm=optax.tree.norm(params))
         # Non-gradient state (an EMA teacher, ...) follows the updated params: the method's hook.
-        extra = method.after_step(params, state["extra"], state["step"] + 1)
+        if batch_stats is None:
+            extra = method.after_step(params, state["extra"], state["step"] + 1)
+        else:
+            extra = method.after_step(params, state["extra"], state["step"] + 1, batch_stats=batch_stats)
         new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state, "extra": extra}
         return new_state, metrics
 
