@@ -11,6 +11,12 @@ a different method's recipe). A claim "A beats B on metric M" is
 with the standard error ``sqrt(s_A^2 / n_A + s_B^2 / n_B)`` from the seeds' sample standard
 deviations (Welch's). ``Z`` = 2: roughly a two-sided 95 % test for normal noise, deliberately
 conservative for 3 seeds rather than a t quantile that would need more structure than we have.
+
+Tables whose metrics are not accuracies (e.g. bits per character) may set ``scale`` (the stored
+value's multiplier, default 100: percent), ``digits`` (default 1), ``unit`` (the cells' unit),
+``paper_setting`` and ``lower_is_better`` (column titles where the smaller value wins: a claim
+on them reads "A < B" and its verdict compares ``-A`` with ``-B``); read with defaults, so a
+plain :class:`~maskjax.repro.ledger.Table` keeps its percent rendering.
 """
 
 from __future__ import annotations
@@ -42,11 +48,12 @@ def seed_row(row: Row, seed: int) -> Row:
 
 
 def row_values(table: Table, row: Row, results: Sequence[dict]) -> dict[str, list[float]]:
-    """Per column title, the row's value of each seed (percent), missing seeds left out."""
+    """Per column title, the row's value of each seed (x ``table.scale``: percent by default), missing seeds left out."""
+    scale = getattr(table, "scale", 100.0)
     out: dict[str, list[float]] = {}
     for title, key in table.metrics.items():
         k = metric_key(key, row.metric_prefix)
-        out[title] = [100 * res["metrics"][k] for res in results if k in res["metrics"]]
+        out[title] = [scale * res["metrics"][k] for res in results if k in res["metrics"]]
     return out
 
 
@@ -72,11 +79,11 @@ def verdict(better: Sequence[float], worse: Sequence[float], z: float = Z) -> tu
     return "inconclusive", diff, se
 
 
-def _cell(values: Sequence[float]) -> str:
+def _cell(values: Sequence[float], digits: int = 1) -> str:
     if not values:
         return "—"
     m, s = mean_std(values)
-    return f"{m:.1f} ± {s:.1f}" if len(values) > 1 else f"{m:.1f}"
+    return f"{m:.{digits}f} ± {s:.{digits}f}" if len(values) > 1 else f"{m:.{digits}f}"
 
 
 def render_seeded(table: Table, results: dict[str, list[dict]], *, smoke: bool, machine: str | None = None) -> str:
@@ -86,12 +93,15 @@ def render_seeded(table: Table, results: dict[str, list[dict]], *, smoke: bool, 
     # Rows that read another row's run (random-init) share its wall time: count each run once.
     wall = sum({res["workdir"]: res["wall_s"] for res in flat}.values())
     seeds = ", ".join(str(s) for s in table.seeds)
+    digits, unit = getattr(table, "digits", 1), getattr(table, "unit", "top-1 %")
+    lower = set(getattr(table, "lower_is_better", ()))
+    setting = getattr(table, "paper_setting", "ImageNet-1K, ViT-B or larger, hundreds of epochs")
     lines = [f"# {table.title}", "",
              f"Measured by `maskjax repro {table.name}{' --smoke' if smoke else ''}` on {machine or hardware()}; "
              f"rows measured at commit {commits}; page written {datetime.date.today().isoformat()}; "
              f"{len(flat)} row-seeds, {wall / 60:.1f} min of runs in all.", "",
              "Setup: " + (("smoke size (micro runs, a few steps)." if smoke else table.setup) or ""), "",
-             f"Each cell: mean ± sample std over seeds {seeds} (top-1 %).", "",
+             f"Each cell: mean ± sample std over seeds {seeds} ({unit}).", "",
              "| row | " + " | ".join(f"{m} (maskjax)" for m in table.metrics) + " | "
              + " | ".join(f"{m} (paper)" for m in table.metrics) + " | wall per seed (min) |",
              "|---" * (2 * len(table.metrics) + 2) + "|"]
@@ -99,21 +109,24 @@ def render_seeded(table: Table, results: dict[str, list[dict]], *, smoke: bool, 
     for row in table.rows:
         rs = results[row.label]
         values[row.label] = row_values(table, row, rs)
-        paper = ["—" if row.paper.get(m) is None else f"{row.paper[m]:.1f}" for m in table.metrics]
+        paper = ["—" if row.paper.get(m) is None else f"{row.paper[m]:.{digits}f}" for m in table.metrics]
         own_wall = "shared" if row.metric_prefix else f"{np.mean([r['wall_s'] for r in rs]) / 60:.1f}"
-        lines.append(f"| {row.label} | " + " | ".join(_cell(values[row.label][m]) for m in table.metrics)
+        lines.append(f"| {row.label} | " + " | ".join(_cell(values[row.label][m], digits) for m in table.metrics)
                      + " | " + " | ".join(paper) + f" | {own_wall} |")
     lines += ["", f"Paper columns: {table.paper_source}. They are the papers' numbers in their own setting "
-              "(ImageNet-1K, ViT-B or larger, hundreds of epochs), never measurements of ours; only orderings "
-              "can be compared." + (f" {table.paper_note}" if table.paper_note else "")]
+              f"({setting}), never measurements of ours; only orderings can be compared." + (f" {table.paper_note}" if table.paper_note else "")]
     if table.claims:
         lines += ["", f"Papers' claims at this scale (verdict: the difference of means against {Z:g} standard "
                   "errors of the difference, Welch, from the seeds' spread):", "",
-                  "| claim | metric | difference (points) | standard error | verdict | source |", "|---|---|---|---|---|---|"]
+                  f"| claim | metric | difference ({'points' if unit == 'top-1 %' else unit}) | standard error | verdict "
+                  "| source |", "|---|---|---|---|---|---|"]
         for c in table.claims:
-            v, diff, se = verdict(values[c.better][c.metric], values[c.worse][c.metric])
-            shown = ("—", "—") if math.isnan(diff) else (f"{diff:+.1f}", f"{se:.1f}")
-            lines.append(f"| {c.better} > {c.worse} | {c.metric} | {shown[0]} | {shown[1]} | {v} | {c.source} |")
+            sign = -1.0 if c.metric in lower else 1.0   # a lower-is-better claim is the verdict on -values
+            v, diff, se = verdict([sign * x for x in values[c.better][c.metric]],
+                                  [sign * x for x in values[c.worse][c.metric]])
+            shown = ("—", "—") if math.isnan(diff) else (f"{sign * diff:+.{digits}f}", f"{se:.{digits}f}")
+            lines.append(f"| {c.better} {'<' if sign < 0 else '>'} {c.worse} | {c.metric} | {shown[0]} | {shown[1]} "
+                         f"| {v} | {c.source} |")
     if smoke:
         lines += ["", "A smoke run: meaningless numbers, it only proves the pipeline."]
     return "\n".join(lines) + "\n"
