@@ -64,9 +64,8 @@ from ml_collections import config_dict
 from maskjax.data import image_tokens   # registers the "image_tokens" data modality
 from maskjax.masking import maskgit_decode, maskgit_schedules
 from maskjax.methods import register
-from maskjax.methods.base import Method
 from maskjax.methods.mae import compute_dtype
-from maskjax.methods.maskgit import masked_token_loss
+from maskjax.methods.maskgit import TokenGridMethod, masked_token_loss
 from maskjax.methods.text_common import split_example_keys
 from maskjax.models.flop_count import matmul, scaled, transformer_layer
 from maskjax.models.layers import LN_EPS
@@ -127,7 +126,7 @@ def _jitted_decode(graphdef, codebook_size: int, mask_id: int, schedule: str):
 
 
 @register("mage")
-class MAGE(Method):
+class MAGE(TokenGridMethod):
     """MAGE on token grids (module docstring)."""
 
     modality = "image_tokens"
@@ -189,26 +188,6 @@ class MAGE(Method):
             errors.append(f"mage.feature_pool must be one of {FEATURE_POOLS}, got {own.get('feature_pool')!r}")
 
     # --- sizes and ids ---------------------------------------------------------------------------
-
-    @property
-    def own(self):
-        """This method's section of the config."""
-        return self.config[self.name]
-
-    @property
-    def codebook_size(self) -> int:
-        """K: ids 0..K-1 are image tokens."""
-        return int(self.config.data.codebook_size)
-
-    @property
-    def grid_size(self) -> int:
-        """Side h = w of a token grid."""
-        return int(self.config.data.grid_size)
-
-    @property
-    def num_tokens(self) -> int:
-        """N = h * w image tokens per example."""
-        return self.grid_size ** 2
 
     @property
     def vocab_size(self) -> int:

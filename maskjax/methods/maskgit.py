@@ -87,8 +87,33 @@ def _jitted_decode(graphdef, codebook_size: int, mask_id: int, schedule: str):
     return jax.jit(run)
 
 
+class TokenGridMethod(Method):
+    """Shared sizes of the methods that model grids of VQ token ids (MaskGIT, MAGE): the config's
+    own section and the ``image_tokens`` data's codebook and grid."""
+
+    @property
+    def own(self):
+        """This method's section of the config."""
+        return self.config[self.name]
+
+    @property
+    def codebook_size(self) -> int:
+        """K, the tokenizer's codebook: ids 0..K-1 are image tokens."""
+        return int(self.config.data.codebook_size)
+
+    @property
+    def grid_size(self) -> int:
+        """Side h = w of a token grid."""
+        return int(self.config.data.grid_size)
+
+    @property
+    def num_tokens(self) -> int:
+        """N = h * w image tokens per example."""
+        return self.grid_size ** 2
+
+
 @register("maskgit")
-class MaskGIT(Method):
+class MaskGIT(TokenGridMethod):
     """Class-conditional MaskGIT on token grids (module docstring)."""
 
     modality = "image_tokens"
@@ -144,29 +169,9 @@ class MaskGIT(Method):
     # --- sizes and ids ---------------------------------------------------------------------------
 
     @property
-    def own(self):
-        """This method's section of the config."""
-        return self.config[self.name]
-
-    @property
-    def codebook_size(self) -> int:
-        """K, the tokenizer's codebook: ids 0..K-1 are image tokens."""
-        return int(self.config.data.codebook_size)
-
-    @property
     def num_classes(self) -> int:
         """Classes; the class token of label y is ``K + y``."""
         return int(self.config.data.num_classes)
-
-    @property
-    def grid_size(self) -> int:
-        """Side h = w of a token grid."""
-        return int(self.config.data.grid_size)
-
-    @property
-    def num_tokens(self) -> int:
-        """N = h * w image tokens per example."""
-        return self.grid_size ** 2
 
     @property
     def vocab_size(self) -> int:
